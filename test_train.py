@@ -1,0 +1,454 @@
+"""Tests of train.py: config, switches against their formulas, data, training, resume, sample.py, plot.py.
+Run with: python -m pytest -q"""
+
+import json
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import train
+from train import Config, GPT, UserError
+
+HERE = Path(__file__).resolve().parent
+SWITCHES = ["use_swiglu", "use_rope", "use_rmsnorm", "use_warmup", "use_cosine"]
+TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, val_docs=10, eval_iters=2,
+            eval_interval=10, log_interval=5, ckpt_interval=10, device="cpu", dtype="float32",
+            learning_rate=3e-3, min_lr=3e-4, warmup_iters=4)
+
+WORDS = ("the model learns which word follows another in a small corpus of plain sentences about "
+         "cats dogs trees rivers and the weather on a sunny or rainy day").split()
+
+
+def write_corpus(path, n_docs=120, seed=0):
+    """Pile-format JSONL of simple sentences: learnable in a few dozen steps."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n_docs):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(20, 80))]
+            f.write(json.dumps({"text": " ".join(words) + ".", "meta": {"pile_set_name": "Synthetic"}}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("data") / "corpus.jsonl")
+
+
+def tiny(tmp_path, corpus, **kw):
+    return Config(**{**TINY, "data_path": str(corpus), "out_dir": str(tmp_path / "out"), **kw})
+
+
+# -----------------------------------------------------------------------------
+# configuration
+
+def test_config_files_and_overrides_apply_left_to_right(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("n_layer = 3\nlearning_rate = 1  # an int where a float is expected\nuse_rope = True\n")
+    cfg = train.parse_args([str(f), "--n_layer=5", "--use_rmsnorm=true", "--use_rope=0", "--use_swiglu"])
+    assert (cfg.n_layer, cfg.learning_rate, cfg.use_rope, cfg.use_rmsnorm, cfg.use_swiglu) == (5, 1.0, False, True, True)
+    assert isinstance(cfg.learning_rate, float)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n_layr=3"], "unknown config key 'n_layr' in the command line (did you mean n_layer?)"),
+    (["--n_layer=3.5"], "n_layer in the command line expects int, got '3.5'"),
+    (["--use_rope=yes"], "use_rope in the command line expects bool, got 'yes'"),
+    (["--learning_rate=fast"], "learning_rate in the command line expects float, got 'fast'"),
+    (["--max_time=soon"], "max_time expects a duration like 4h, 30m, 90s or 1h30m, got 'soon'"),
+    (["config/nope.py"], "config file not found: config/nope.py"),
+    (["--n_embd=30", "--n_head=4"], "n_embd (30) must be divisible by n_head (4)"),
+])
+def test_config_errors_are_one_line(argv, message, capsys):
+    assert train.main(argv) == train.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n"
+
+
+def test_unknown_key_in_config_file_is_named(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("learning_rat = 1e-3\n")
+    with pytest.raises(UserError, match=f"unknown config key 'learning_rat' in config file {f} "
+                                        r"\(did you mean learning_rate\?\)"):
+        train.parse_args([str(f)])
+    f.write_text("n_layer = 'four'\n")
+    with pytest.raises(UserError, match="n_layer in config file .* expects int, got 'four'"):
+        train.parse_args([str(f)])
+
+
+def test_help_lists_every_key_with_default(capsys):
+    assert train.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name, f in train.CONFIG_FIELDS.items():
+        assert f"--{name}={f.default!r}" in out
+
+
+def test_shipped_configs_parse():
+    for f in sorted((HERE / "config").glob("*.py")):
+        train.parse_args([str(f)])
+
+
+def test_parse_duration():
+    assert train.parse_duration("4h") == 4 * 3600
+    assert train.parse_duration("1h30m") == 5400
+    assert train.parse_duration("90s") == train.parse_duration("90") == 90
+    assert train.parse_duration("") is None
+
+
+# -----------------------------------------------------------------------------
+# the switches against their formulas
+
+def modules(cfg):
+    return {name: type(m).__name__ for name, m in GPT(cfg, vocab_size=V).named_modules()}
+
+
+V = 1000  # a small vocabulary keeps these model tests fast
+
+
+def test_each_switch_changes_exactly_its_modules_and_params():
+    base_cfg = Config(n_layer=2, n_head=4, n_embd=48, block_size=64)
+    base, C, L, T = GPT(base_cfg, vocab_size=V), 48, 2, 64
+    counts = base.num_params()
+    # baseline: wte, wpe, per block 2 LayerNorms (w+b), attention, GELU MLP; final LayerNorm; tied head
+    per_block = 2 * 2 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C)
+    assert counts["total"] == V * C + T * C + L * per_block + 2 * C
+    assert counts["non_embedding"] == L * per_block + 2 * C
+    assert base.lm_head.weight is base.wte.weight
+
+    h = train.swiglu_hidden(C)
+    expected_delta = {
+        "use_swiglu": L * ((3 * C * h + 2 * h + C) - (8 * C * C + 4 * C + C)),
+        "use_rope": -T * C,  # no position table
+        "use_rmsnorm": -(2 * L + 1) * C,  # no biases in the norms
+        "use_warmup": 0, "use_cosine": 0,
+    }
+    base_modules = modules(base_cfg)
+    for switch, delta in expected_delta.items():
+        cfg = Config(n_layer=2, n_head=4, n_embd=48, block_size=64, **{switch: True})
+        assert GPT(cfg, vocab_size=V).num_params()["total"] - counts["total"] == delta, switch
+        changed = {k for k in set(base_modules) | set(modules(cfg)) if base_modules.get(k) != modules(cfg).get(k)}
+        if switch == "use_swiglu":
+            assert changed == {f"h.{i}.mlp.c_up" for i in range(L)}
+        elif switch == "use_rope":
+            assert changed == {"wpe"}
+        elif switch == "use_rmsnorm":
+            assert changed == {f"h.{i}.ln_{j}" for i in range(L) for j in (1, 2)} | {"ln_f"}
+            assert all(type(m) is nn.RMSNorm for n, m in GPT(cfg, V).named_modules() if "ln" in n)
+        else:
+            assert changed == set()
+
+
+def test_swiglu_hidden_is_param_matched():
+    assert train.swiglu_hidden(768) == 2048  # Shazeer 2020
+    for d in (64, 256, 512, 1024):
+        h = train.swiglu_hidden(d)
+        assert h % 8 == 0 and abs(3 * h * d - 8 * d * d) / (8 * d * d) < 0.03
+
+
+def test_swiglu_matches_formula():
+    cfg = Config(n_embd=16, n_head=2, use_swiglu=True, bias=False)
+    mlp = train.MLP(cfg)
+    x = torch.randn(3, 5, 16)
+    gate, up, down = mlp.c_fc.weight, mlp.c_up.weight, mlp.c_proj.weight
+    expected = (F.silu(x @ gate.T) * (x @ up.T)) @ down.T
+    torch.testing.assert_close(mlp(x), expected)
+
+
+def test_residual_projection_init_is_scaled_for_both_mlps():
+    for swiglu in (False, True):
+        torch.manual_seed(0)
+        model = GPT(Config(n_layer=8, n_head=4, n_embd=256, use_swiglu=swiglu), vocab_size=V)
+        std = model.h[0].mlp.c_proj.weight.std().item()
+        assert abs(std - 0.02 / math.sqrt(16)) < 0.0005
+        assert abs(model.h[0].mlp.c_fc.weight.std().item() - 0.02) < 0.0005
+
+
+def test_rmsnorm_matches_formula():
+    cfg = Config(n_embd=16, use_rmsnorm=True)
+    norm = train.make_norm(cfg)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 16))
+    x = torch.randn(4, 16) * 3 + 1
+    expected = x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+    torch.testing.assert_close(norm(x), expected)
+    assert not any("bias" in n for n, _ in norm.named_parameters())
+
+
+def test_norm_weights_and_biases_are_not_decayed():
+    for rms in (False, True):
+        model = GPT(Config(n_layer=1, n_head=2, n_embd=16, use_rmsnorm=rms), vocab_size=V)
+        opt = model.configure_optimizer(Config(), "cpu")
+        no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+        for name, p in model.named_parameters():
+            assert (id(p) in no_decay) == (name.startswith("ln") or ".ln_" in name or name.endswith("bias")), name
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    hs = 16
+    cos, sin = train.rope_tables(hs, 64, 10000.0)
+    q, k = torch.randn(1, 1, 1, hs), torch.randn(1, 1, 1, hs)
+
+    def score(m, n):
+        qm = train.apply_rope(q, cos[m:m + 1], sin[m:m + 1])
+        kn = train.apply_rope(k, cos[n:n + 1], sin[n:n + 1])
+        return (qm * kn).sum().item()
+
+    assert score(5, 3) == pytest.approx(score(45, 43), abs=1e-4)
+    assert score(10, 0) == pytest.approx(score(60, 50), abs=1e-4)
+    assert score(5, 3) != pytest.approx(score(5, 4), abs=1e-3)
+    # a rotation: norms are kept; position 0 is the identity
+    assert train.apply_rope(q, cos[7:8], sin[7:8]).norm().item() == pytest.approx(q.norm().item(), rel=1e-5)
+    torch.testing.assert_close(train.apply_rope(q, cos[:1], sin[:1]), q)
+
+
+def test_rope_rotates_q_and_k_but_not_v():
+    cfg = Config(n_layer=1, n_head=2, n_embd=16, block_size=8, use_rope=True)
+    model = GPT(cfg, vocab_size=V)
+    assert not hasattr(model, "wpe")
+    assert "rope_cos" not in model.state_dict()  # non-persistent buffers
+    # with q and k zeroed, attention is uniform over the causal past whatever the rotation: v unrotated
+    attn = model.h[0].attn
+    with torch.no_grad():
+        attn.c_attn.weight[:32].zero_()
+        attn.c_attn.bias.zero_()
+    x = torch.randn(1, 8, 16)
+    rope = (model.rope_cos, model.rope_sin)
+    v = attn.c_attn(x)[..., 32:].view(1, 8, 2, 8).transpose(1, 2)
+    expected = torch.cumsum(v, dim=2) / torch.arange(1, 9).view(1, 1, 8, 1)
+    expected = attn.c_proj(expected.transpose(1, 2).reshape(1, 8, 16))
+    torch.testing.assert_close(attn(x, rope), expected)
+
+
+def test_get_lr_at_chosen_points():
+    cfg = Config(learning_rate=1.0, min_lr=0.1, warmup_iters=10)
+    assert train.get_lr(0, cfg, 100) == 1.0 and train.get_lr(99, cfg, 100) == 1.0  # constant baseline
+    w = Config(learning_rate=1.0, min_lr=0.1, warmup_iters=10, use_warmup=True)
+    assert train.get_lr(0, w, 100) == pytest.approx(0.1)  # > 0 at the first step
+    assert train.get_lr(9, w, 100) == pytest.approx(1.0)  # warmup end
+    assert train.get_lr(50, w, 100) == 1.0  # warmup alone: constant afterwards
+    c = Config(learning_rate=1.0, min_lr=0.1, warmup_iters=10, use_cosine=True)
+    assert train.get_lr(0, c, 100) == pytest.approx(1.0)  # no hidden warmup
+    assert train.get_lr(50, c, 100) == pytest.approx(0.55)  # middle: halfway between lr and min_lr
+    assert train.get_lr(100, c, 100) == pytest.approx(0.1)  # end
+    assert train.get_lr(150, c, 100) == pytest.approx(0.1)  # clamped after the end
+    both = Config(learning_rate=1.0, min_lr=0.1, warmup_iters=10, use_cosine=True, use_warmup=True)
+    assert train.get_lr(4, both, 110) == pytest.approx(0.5)
+    assert train.get_lr(10, both, 110) == pytest.approx(1.0)  # decay starts after the warmup
+    assert train.get_lr(60, both, 110) == pytest.approx(0.55)
+    assert train.get_lr(110, both, 110) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("switches", [[]] + [[s] for s in SWITCHES] + [SWITCHES])
+def test_every_switch_combination_trains(switches):
+    cfg = Config(**{**TINY, **{s: True for s in switches}})
+    torch.manual_seed(0)
+    model = GPT(cfg, vocab_size=V)
+    opt = model.configure_optimizer(cfg, "cpu")
+    x = torch.randint(0, V, (4, 32))
+    losses = []
+    for step in range(8):
+        for g in opt.param_groups:
+            g["lr"] = train.get_lr(step, cfg, 8)
+        loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("use_rope", [False, True])
+def test_kv_cache_generation_equals_full_recompute(use_rope):
+    torch.manual_seed(0)
+    model = GPT(Config(n_layer=2, n_head=2, n_embd=32, block_size=16, use_rope=use_rope), vocab_size=V).eval()
+    idx = torch.randint(0, V, (2, 5))
+    a = model.generate(idx, 30, temperature=0, use_cache=True)  # runs past block_size
+    b = model.generate(idx, 30, temperature=0, use_cache=False)
+    assert torch.equal(a, b)
+
+
+# -----------------------------------------------------------------------------
+# tokenizer and data
+
+def test_offline_tokenizer_is_gpt2():
+    enc = train.get_tokenizer()
+    assert enc.encode_ordinary("Hello world") == [15496, 995]
+    assert enc.n_vocab == 50257 and enc.eot_token == train.EOT
+    assert train.tokenize("<|endoftext|>")[:-1].tolist() != [train.EOT]  # text, not a control token
+
+
+def test_index_finds_every_line_and_bad_lines_are_counted(tmp_path):
+    f = tmp_path / "mixed.jsonl"
+    lines = [b'\xef\xbb\xbf{"text": "first document"}', b'{"text": "crlf line"}\r', b"",
+             b"not json", b"[1, 2]", b'{"meta": {}}', b'{"text": 5}', b'{"text": "  "}',
+             b'{"text": "bad \xff byte"}', b'{"text": "ok ' + b"x" * 50 + b'"}', b'{"text": "last, no newline"}']
+    f.write_bytes(b"\n".join(lines))
+    ds = train.JSONLDataset([f])
+    assert len(ds) == len(lines)
+    assert [ds.read_line(i).rstrip(b"\r\n") for i in range(len(ds))] == [l.rstrip(b"\r") for l in lines]
+    reasons = [ds[i][1] for i in range(len(ds))]
+    assert reasons == ["", "", "blank", "bad_json", "not_object", "no_text", "no_text", "too_short",
+                       "not_utf8", "", ""]
+    n_train, val_texts, _ = train.split_validation(ds, 2)
+    assert val_texts == ["ok " + "x" * 50, "last, no newline"] and n_train == 9
+    stream = train.TrainStream(ds, n_train, seed=0, batch_size=1, block_size=4)
+    for _ in range(3):
+        stream.next_batch()
+    assert stream.skipped == {"blank": 1, "bad_json": 1, "not_object": 1, "no_text": 2, "too_short": 1,
+                              "not_utf8": 1}
+
+
+def test_index_is_cached_and_rebuilt_when_the_file_changes(tmp_path):
+    f = write_corpus(tmp_path / "c.jsonl", 5)
+    idx = train.load_line_index(f)
+    cached = list(tmp_path.glob(".c.jsonl.*.idx.npy"))
+    assert len(cached) == 1 and len(idx) == 6
+    with open(f, "a") as out:
+        out.write('{"text": "one more"}\n')
+    assert len(train.load_line_index(f)) == 7
+    assert len(list(tmp_path.glob(".c.jsonl.*.idx.npy"))) == 1  # the stale index is gone
+
+
+def test_split_sizes_and_errors(tmp_path, corpus):
+    ds = train.JSONLDataset([corpus])
+    n_train, val_texts, _ = train.split_validation(ds, 15)
+    assert n_train == 105 and len(val_texts) == 15
+    assert val_texts[-1] == ds.document(119)[0]
+    with pytest.raises(UserError, match="val_docs=500 but the data has only 120 usable documents"):
+        train.split_validation(ds, 500)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(UserError, match="data file is empty"):
+        train.JSONLDataset([empty])
+    with pytest.raises(UserError, match="data file not found"):
+        train.resolve_data_paths(str(tmp_path / "missing.jsonl"))
+
+
+def stream_batches(corpus, n, **kw):
+    ds = train.JSONLDataset([corpus])
+    n_train = train.split_validation(ds, 10)[0]
+    stream = train.TrainStream(ds, n_train, seed=3, batch_size=kw.pop("batch_size", 3), block_size=16, **kw)
+    batches = [stream.next_batch() for _ in range(n)]
+    stream.close()
+    return ds, n_train, stream, batches
+
+
+def test_packing_drops_and_pads_nothing(corpus):
+    ds, n_train, stream, batches = stream_batches(corpus, 40)
+    x = torch.cat([b[0].reshape(-1) for b in batches])
+    y = torch.cat([b[1].reshape(-1) for b in batches])
+    assert all(b[0].shape == (3, 16) for b in batches)
+    assert torch.equal(x[1:], y[:-1])  # every target is the next input: no gap, no padding
+    order = np.random.default_rng([3, 0]).permutation(n_train)
+    expected = np.concatenate([ds[int(i)][0] for i in order])[:len(x) + 1]
+    assert torch.equal(x, torch.from_numpy(expected[:-1].astype(np.int64)))
+    assert torch.equal(y, torch.from_numpy(expected[1:].astype(np.int64)))
+
+
+def test_order_is_the_same_for_any_worker_count_and_epoch_reshuffles(corpus):
+    _, n_train, s0, b0 = stream_batches(corpus, 150, batch_size=4)
+    _, _, s2, b2 = stream_batches(corpus, 150, batch_size=4, num_workers=2)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(b0, b2))
+    assert s0.epoch >= 1 and s0.state_dict()["pos"] == s2.state_dict()["pos"]
+    o0 = np.random.default_rng([3, 0]).permutation(n_train)
+    o1 = np.random.default_rng([3, 1]).permutation(n_train)
+    assert not np.array_equal(o0, o1)
+
+
+def test_stream_resumes_from_its_state(corpus):
+    ds, n_train, _, full = stream_batches(corpus, 30)
+    _, _, first, part = stream_batches(corpus, 12)
+    resumed = train.TrainStream(ds, n_train, seed=3, batch_size=3, block_size=16, state=first.state_dict())
+    rest = [resumed.next_batch() for _ in range(18)]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full, part + rest))
+
+
+def test_demo_corpus_is_pile_format(tmp_path):
+    path = train.build_demo_corpus(tmp_path / "demo.jsonl")
+    rows = [json.loads(l) for l in path.read_text().splitlines()]
+    assert len(rows) > 500
+    assert {r["meta"]["pile_set_name"] for r in rows} == {"PythonHelpTopics", "PythonModuleDocs", "PythonSource"}
+    assert all(isinstance(r["text"], str) and r["text"] for r in rows)
+
+
+# -----------------------------------------------------------------------------
+# training runs end to end
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, corpus):
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = tiny(tmp, corpus, max_iters=30, use_rmsnorm=True)
+    return cfg, train.train(cfg)
+
+
+def test_short_run_lowers_val_nll_and_writes_outputs(finished_run):
+    cfg, results = finished_run
+    out = Path(cfg.out_dir)
+    evals = [r for r in train.read_log(out / "log.txt") if r["event"] == "eval"]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 30
+    assert evals[-1]["val_nll"] < evals[0]["val_nll"] - 3.0  # from ~ln(50257) = 10.8 to a few nats
+    rows = [r for r in train.read_log(out / "log.txt") if r["event"] == "train"]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30]
+    assert {"tokens", "elapsed", "lr", "train_nll"} <= set(rows[0])
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["steps"] == 30 and saved["tokens"] == 30 * 4 * 32
+    assert saved["val_nll"] == results["val_nll"] and saved["val_bpb"] > 0
+    assert saved["params"] == GPT(cfg).num_params() and saved["config"]["use_rmsnorm"] is True
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 30 and set(ckpt) >= {"model", "optimizer", "config", "data", "rng"}
+
+
+class StopAt(train.StopFlag):
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def requested(self, step):
+        return "TEST" if step >= self.at else None
+
+
+def test_resume_gives_the_same_next_steps(tmp_path, corpus):
+    kw = dict(max_iters=24, use_cosine=True, use_warmup=True, dropout=0.1, ckpt_interval=100)
+    full = tiny(tmp_path / "full", corpus, **kw)
+    train.train(full)
+    part = tiny(tmp_path / "part", corpus, **kw)
+    with pytest.raises(SystemExit) as stopped:
+        train.train(part, stop=StopAt(13))
+    assert stopped.value.code == train.EXIT_PREEMPTED
+    train.train(Config(**{**part.__dict__, "resume": True}))
+
+    def rows(cfg):
+        return [(r["event"], r["step"], r.get("train_nll"), r.get("val_nll"), r.get("lr"))
+                for r in train.read_log(Path(cfg.out_dir) / "log.txt") if r["event"] in ("train", "eval")]
+    assert rows(part) == rows(full)
+
+
+def test_resume_errors(tmp_path, corpus, finished_run):
+    with pytest.raises(UserError, match="no checkpoint"):
+        train.train(tiny(tmp_path, corpus, resume=True))
+    cfg, _ = finished_run
+    with pytest.raises(UserError, match="has n_layer=2 but the config says n_layer=3"):
+        train.train(Config(**{**cfg.__dict__, "resume": True, "n_layer": 3}))
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=120)
+
+
+def test_sample_and_plot_end_to_end(finished_run, tmp_path):
+    cfg, _ = finished_run
+    r = run_script("sample.py", "--ckpt", str(Path(cfg.out_dir) / "ckpt.pt"), "--prompt", "the cats",
+                   "--num_samples", "2", "--max_new_tokens", "10", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("the cats") == 2 and "--- sample 2 ---" in r.stdout
+    png = tmp_path / "nll.png"
+    r = run_script("plot.py", str(Path(cfg.out_dir) / "log.txt"), "-o", str(png))
+    assert r.returncode == 0, r.stderr
+    assert png.stat().st_size > 1000 and f"{json.loads((Path(cfg.out_dir) / 'results.json').read_text())['val_nll']:.4f}" in r.stdout
