@@ -54,6 +54,8 @@ def main(argv=None):
     try:
         device = pick_device(args.device)
         model, cfg = load_model(args.ckpt, device)
+        if args.block_size < 0:
+            raise UserError(f"--block_size must be >= 0 (0 = the model's), got {args.block_size}")
         if args.block_size > cfg.block_size:
             raise UserError(f"--block_size {args.block_size} is larger than the model's block_size "
                             f"{cfg.block_size} (its position tables end there)")

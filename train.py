@@ -97,6 +97,7 @@ class Config:
     eval_iters: int = opt(20, "batches in a periodic evaluation; the final one uses the whole set")
     log_interval: int = opt(10, "log the train NLL every this many steps")
     ckpt_interval: int = opt(500, "save ckpt.pt every this many steps (and at the end)")
+    keep_ckpts: int = opt(1, "keep the last K checkpoints: ckpt.pt and the K-1 before it as ckpt_<step>.pt")
     resume: bool = opt(False, "continue the run in out_dir from its ckpt.pt")
     # system
     device: str = opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
@@ -190,7 +191,7 @@ def parse_args(argv):
 
 def check_config(cfg):
     positive = ["block_size", "batch_size", "n_layer", "n_head", "n_embd", "max_iters", "eval_interval",
-                "eval_iters", "log_interval", "ckpt_interval", "val_docs"]
+                "eval_iters", "log_interval", "ckpt_interval", "keep_ckpts", "val_docs"]
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise UserError(f"{key} must be > 0, got {getattr(cfg, key)}")
@@ -283,71 +284,154 @@ def cache_root():
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt-ablate"
 
 
-def build_line_index(path, progress=print):
+def progress_reporter(what, total, progress, every=5.0):
+    """report(done): prints `what: done/total GB (speed)` at most once every `every` seconds."""
+    t0 = last = time.time()
+
+    def report(done):
+        nonlocal last
+        if time.time() - last > every:
+            last = time.time()
+            progress(f"{what}: {done / 1e9:.1f}/{total / 1e9:.1f} GB ({done / 1e9 / (last - t0):.2f} GB/s)")
+    return report
+
+
+def build_line_index(path, progress=print, out=None):
     """One streaming pass over the file: byte offset of every line start, plus the file size at the
-    end, so line i is [idx[i], idx[i+1]). Memory: the index (8 bytes a line) plus one 16 MB buffer."""
-    size = os.path.getsize(path)
-    chunk = 1 << 24
-    buf = np.empty(chunk, dtype=np.uint8)
-    parts, pos, t0, last_report = [np.zeros(1, dtype=np.int64)], 0, time.time(), time.time()
+    end, so line i is [idx[i], idx[i+1]). Written as int64 to the binary file `out` as it goes
+    (memory: one 1 MB buffer), or returned as an array when out is None. Newlines are found with
+    bytes.find, fastest for long lines (the Pile's average 6 KB), or with numpy in chunks of many
+    short lines."""
+    buf = bytearray(1 << 20)
+    view, arr, parts = memoryview(buf), np.frombuffer(buf, dtype=np.uint8), []
+    emit = parts.append if out is None else (lambda a: out.write(a.astype("<i8", copy=False)))
+    emit(np.zeros(1, dtype=np.int64))
+    pos, newline_last = 0, True
+    report = progress_reporter(f"indexing {path}", os.path.getsize(path), progress)
     with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(memoryview(buf))
-            if not n:
-                break
-            parts.append(np.flatnonzero(buf[:n] == 10) + (pos + 1))
-            pos += n
-            if time.time() - last_report > 5:
-                last_report = time.time()
-                progress(f"indexing {path}: {pos / 1e9:.1f}/{size / 1e9:.1f} GB "
-                         f"({pos / 1e9 / (last_report - t0):.2f} GB/s)")
-    idx = np.concatenate(parts)
-    if idx[-1] != pos:  # the last line has no newline: the file size closes it
-        idx = np.append(idx, pos)
-    return idx
+        while n := f.readinto(view):
+            found, i = [], buf.find(b"\n", 0, n)
+            while i >= 0 and len(found) < 256:
+                found.append(i)
+                i = buf.find(b"\n", i + 1, n)
+            starts = np.array(found, dtype=np.int64)
+            if i >= 0:  # many short lines: numpy finds the rest of this chunk's faster
+                starts = np.concatenate([starts, np.flatnonzero(arr[i:n] == 10) + i])
+            emit(starts + (pos + 1))
+            pos, newline_last = pos + n, buf[n - 1] == 10
+            report(pos)
+    if not newline_last:  # the last line has no newline: the file size closes it
+        emit(np.array([pos], dtype=np.int64))
+    return np.concatenate(parts) if out is None else None
+
+
+def count_zst_lines(path, progress=print, out=None):
+    """One streaming pass over a .jsonl.zst: [its number of lines], the only index such a file gets.
+    Written as int64 to `out`, or returned when out is None."""
+    n, last = 0, b"\n"
+    report = progress_reporter(f"counting the lines of {path}", os.path.getsize(path), progress)
+    for chunk in zst_lines(path, chunks=True, report=report):
+        n, last = n + chunk.count(b"\n"), chunk[-1:]
+    counts = np.array([n + (last != b"\n")], dtype="<i8")
+    if out is None:
+        return counts
+    out.write(counts.tobytes())
+
+
+def npy_header(n):
+    """A fixed-length (128-byte) .npy header for n little-endian int64s: written last, over a
+    placeholder, once a streaming pass knows n."""
+    text = "{'descr': '<i8', 'fortran_order': False, 'shape': (%d,), }" % n
+    return b"\x93NUMPY\x01\x00" + (118).to_bytes(2, "little") + text.ljust(117).encode() + b"\n"
+
+
+def load_cached(path, kind, build, valid, progress=print):
+    """The int64 array that build(path, progress, out) writes for a data file, cached as a .npy keyed
+    by the file's size and mtime (a changed file is indexed again), beside the data or, when that
+    folder is read-only, under ~/.cache/gpt-ablate/index. Written under a temporary name and renamed,
+    so an index half written by a killed run is never trusted; loaded with mmap (instant)."""
+    path = Path(path)
+    st = path.stat()
+    key = f"{st.st_size}.{st.st_mtime_ns}.{kind}.npy"
+    places = [(path.parent, f".{path.name}."),
+              (cache_root() / "index", hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16] + f".{path.name}.")]
+    for folder, prefix in places:
+        try:
+            arr = np.load(folder / (prefix + key), mmap_mode="r")
+            if arr.dtype == np.int64 and arr.ndim == 1 and valid(arr):
+                return arr
+        except (OSError, ValueError, EOFError):
+            pass  # missing or unreadable: build it
+    for folder, prefix in places:
+        cached, tmp = folder / (prefix + key), folder / f"{prefix}{key}.tmp{os.getpid()}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as out:
+                out.write(npy_header(0))
+                build(path, progress, out)
+                n = (out.tell() - 128) // 8
+                out.seek(0)
+                out.write(npy_header(n))
+            os.replace(tmp, cached)
+        except OSError:
+            continue  # a read-only folder (or a full disk): try the next place
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        stale = re.compile(re.escape(prefix) + r"\d+\.\d+\." + re.escape(kind) + r"\.npy(\.tmp\d+)?")
+        for old in folder.glob(glob.escape(prefix) + "*"):  # older versions; temporary files of killed runs
+            try:
+                if old != cached and stale.fullmatch(old.name) and (
+                        old.suffix == ".npy" or time.time() - old.stat().st_mtime > 3600):
+                    old.unlink()
+            except OSError:
+                pass
+        return np.load(cached, mmap_mode="r")
+    return build(path, progress, None)  # nowhere writable: keep it in memory
 
 
 def load_line_index(path, progress=print):
-    """The cached line index of a file, keyed by its size and mtime; built (and cached) on first use.
-    Beside the data when that folder is writable, else under ~/.cache/gpt-ablate/index."""
-    path = Path(path)
-    st = path.stat()
-    name = f".{path.name}.{st.st_size}.{st.st_mtime_ns}.idx.npy"
-    fallback = cache_root() / "index" / (hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16] + name)
-    for cached in (path.parent / name, fallback):
-        if cached.is_file():
-            try:
-                idx = np.load(cached, mmap_mode="r")
-                if idx.ndim == 1 and idx[0] == 0 and idx[-1] == st.st_size:
-                    return idx
-            except (ValueError, OSError, EOFError):
-                pass  # unreadable: rebuild it
-    idx = build_line_index(path, progress)
-    for cached in (path.parent / name, fallback):
+    """The line index of a .jsonl file (see build_line_index), cached; built on first use."""
+    size = os.path.getsize(path)
+    return load_cached(path, "idx", build_line_index, lambda a: len(a) and a[0] == 0 and a[-1] == size, progress)
+
+
+def load_line_count(path, progress=print):
+    """The number of lines of a .jsonl.zst file, cached; counted on first use."""
+    return int(load_cached(path, "lines", count_zst_lines, lambda a: len(a) == 1 and a[0] >= 0, progress)[0])
+
+
+def zst_lines(path, chunks=False, report=None):
+    """The decompressed lines of a .jsonl.zst (the last one may lack its newline), or with chunks=True
+    its decompressed bytes in 1 MB pieces; report(compressed bytes read) after each. zstandard is an
+    optional dependency, imported here. A truncated file simply ends early (its last line is cut)."""
+    import io
+    try:
+        import zstandard
+    except ImportError:
+        raise UserError(f"{path}: reading .jsonl.zst needs the zstandard package: pip install zstandard") from None
+    with open(path, "rb") as f:
+        stream = io.BufferedReader(zstandard.ZstdDecompressor(max_window_size=1 << 31).stream_reader(
+            f, read_across_frames=True), 1 << 20)
         try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
-            with open(tmp, "wb") as f:
-                np.save(f, idx)
-            os.replace(tmp, cached)  # atomic: a killed run never leaves a half index under this name
-            for stale in cached.parent.glob(f".{path.name}.*.idx.npy"):
-                if stale.name != name and stale.parent == path.parent:
-                    stale.unlink(missing_ok=True)
-            break
-        except OSError:
-            continue  # read-only folder: try the cache folder
-    return idx
+            for piece in iter(lambda: stream.read(1 << 20), b"") if chunks else stream:
+                yield piece
+                if report:
+                    report(f.tell())
+        except zstandard.ZstdError as e:
+            raise UserError(f"{path} is not valid zstd data ({e})") from None
 
 
 def resolve_data_paths(data_path):
-    """A file, a folder of .jsonl files, or a glob -> sorted list of files."""
+    """A file, a folder of .jsonl (or .jsonl.zst) files, or a glob -> sorted list of files."""
     if not data_path:
         return [demo_corpus_path()]
+    data_path = os.path.expanduser(data_path)
     p = Path(data_path)
     if p.is_dir():
-        files = sorted(p.glob("*.jsonl"))
+        files = sorted(p.glob("*.jsonl")) + sorted(p.glob("*.jsonl.zst"))
         if not files:
-            raise UserError(f"no .jsonl files in folder {data_path}")
+            raise UserError(f"no .jsonl or .jsonl.zst files in folder {data_path}")
     elif any(ch in data_path for ch in "*?["):
         files = sorted(Path(f) for f in glob.glob(data_path) if Path(f).is_file())
         if not files:
@@ -387,18 +471,27 @@ def parse_document(raw, min_chars):
 class JSONLDataset(torch.utils.data.Dataset):
     """The lines of one or more .jsonl files as documents. Never reads a file into memory: a cached
     line index gives each line's byte range; item i is read with pread and tokenized on demand.
+    .jsonl.zst files (streaming=True) have no random access: only their lines are counted, and the
+    training order (StreamOrder) hands out the raw lines themselves as items.
     An item is (uint16 tokens ending in <|endoftext|>, '') or (empty array, why the line is unusable)."""
 
     def __init__(self, files, min_chars=1, progress=print):
         self.files = [str(f) for f in files]
         self.min_chars = min_chars
-        self.indexes = []
+        self.streaming = self.files[0].endswith(".zst")
+        if any(f.endswith(".zst") != self.streaming for f in self.files):
+            raise UserError("data_path mixes .jsonl.zst with uncompressed files; compress or decompress them all")
         for f in self.files:
             if os.path.getsize(f) == 0:
                 raise UserError(f"data file is empty: {f}")
-            self.indexes.append(load_line_index(f, progress))
-        counts = np.array([len(idx) - 1 for idx in self.indexes], dtype=np.int64)
-        self.first_line = np.concatenate([[0], np.cumsum(counts)])  # global line id of each file's line 0
+        if self.streaming:
+            self.indexes = None
+            counts = [load_line_count(f, progress) for f in self.files]
+        else:
+            self.indexes = [load_line_index(f, progress) for f in self.files]
+            counts = [len(idx) - 1 for idx in self.indexes]
+        # global line id of each file's line 0, and the number of lines at the end
+        self.first_line = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._fds, self._pid = {}, None
 
     def __len__(self):
@@ -411,11 +504,14 @@ class JSONLDataset(torch.utils.data.Dataset):
         if self._pid != os.getpid():  # a DataLoader worker: open its own descriptors
             self._fds, self._pid = {}, os.getpid()
         if f not in self._fds:
+            if len(self._fds) >= 64:  # thousands of files (RedPajama): keep a few descriptors open
+                os.close(self._fds.pop(next(iter(self._fds))))
             self._fds[f] = os.open(self.files[f], os.O_RDONLY)
         return os.pread(self._fds[f], end - start, start)
 
     def document(self, i):
-        return parse_document(self.read_line(i), self.min_chars)
+        """Line i (or, from StreamOrder, a raw line itself) -> (text, '') or (None, why unusable)."""
+        return parse_document(i if isinstance(i, bytes) else self.read_line(i), self.min_chars)
 
     def __getitem__(self, i):
         text, why = self.document(i)
@@ -423,21 +519,31 @@ class JSONLDataset(torch.utils.data.Dataset):
             return np.zeros(0, dtype=np.uint16), why
         return tokenize(text), ""
 
-    def __getstate__(self):  # file descriptors do not travel to worker processes
-        return {**self.__dict__, "_fds": {}, "_pid": None}
+    def __getstate__(self):  # to worker processes: no file descriptors; cached indexes by file name
+        indexes = self.indexes and [str(i.filename) if isinstance(i, np.memmap) else i for i in self.indexes]
+        return {**self.__dict__, "indexes": indexes, "_fds": {}, "_pid": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.indexes:
+            self.indexes = [np.load(i, mmap_mode="r") if isinstance(i, str) else i for i in self.indexes]
 
 
 def split_validation(ds, val_docs):
     """The last val_docs usable documents are validation; training is every line before the first of
     them. Returns (number of training lines, validation texts in file order, skipped-line counts)."""
-    texts, skipped, i = [], {}, len(ds)
-    while len(texts) < val_docs and i > 0:
-        i -= 1
-        text, why = ds.document(i)
-        if text is None:
-            skipped[why] = skipped.get(why, 0) + 1
-        else:
-            texts.append(text)
+    if getattr(ds, "streaming", False):
+        i, texts, skipped = last_documents_streaming(ds, val_docs)
+    else:
+        texts, skipped, i = [], {}, len(ds)
+        while len(texts) < val_docs and i > 0:
+            i -= 1
+            text, why = ds.document(i)
+            if text is None:
+                skipped[why] = skipped.get(why, 0) + 1
+            else:
+                texts.append(text)
+        texts = texts[::-1]
     if len(texts) < val_docs:
         if not texts:
             raise UserError(f"no usable document in {', '.join(ds.files)} (skipped lines: {skipped})")
@@ -446,7 +552,39 @@ def split_validation(ds, val_docs):
     if i == 0:
         raise UserError(f"no training documents left: all {len(texts)} usable documents are validation; "
                         f"lower --val_docs")
-    return i, texts[::-1], skipped
+    return i, texts, skipped
+
+
+def last_documents_streaming(ds, val_docs):
+    """split_validation's search for .jsonl.zst files, which can only be read forward: streams the
+    files from the last one back until val_docs usable documents are found. Only the last lines of a
+    file are parsed (the ones before are just decompressed) unless too few of them are usable.
+    Returns (global line id of the first validation document, texts in file order, skipped counts)."""
+    from collections import deque
+    from itertools import islice
+    texts, skipped = [], {}
+    for f in reversed(range(len(ds.files))):
+        need, n_lines = val_docs - len(texts), int(ds.first_line[f + 1] - ds.first_line[f])
+        first = max(0, n_lines - 2 * need - 1000)
+        while True:
+            docs, why_codes, codes = deque(maxlen=need), bytearray(), {"": 0}  # 1 byte a parsed line
+            for n, raw in enumerate(islice(zst_lines(ds.files[f]), first, None), first):
+                text, why = parse_document(raw, ds.min_chars)
+                why_codes.append(codes.setdefault(why, len(codes)))
+                if text is not None:
+                    docs.append((n, text))
+            if len(docs) == need or first == 0:
+                break
+            first = 0  # too few usable documents among the last lines: parse the whole file
+        start = docs[0][0] if len(docs) == need else 0
+        names = {code: why for why, code in codes.items()}
+        for code in why_codes[start - first:]:
+            if code:
+                skipped[names[code]] = skipped.get(names[code], 0) + 1
+        texts = [text for _, text in docs] + texts
+        if len(texts) == val_docs:
+            return int(ds.first_line[f]) + start, texts, skipped
+    return 0, texts, skipped
 
 
 def make_windows(tokens, block_size):
@@ -468,24 +606,78 @@ def keep_list(items):
 
 def ignore_stop_signals(_worker_id):
     # SLURM signals every process of the job; the main process saves a checkpoint and then shuts
-    # the workers down, so they must not die first.
+    # the workers down, so they must not die first. Ctrl-C reaches the whole process group too: the
+    # workers, forked with the main process's StopFlag handlers, leave it to the main process.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class DocumentOrder(torch.utils.data.Sampler):
     """Training document ids in a seeded shuffled order, reshuffled each epoch, forever, starting at
     (epoch, pos). Yields them in small groups so that each worker round trip carries several."""
 
-    def __init__(self, n_docs, seed, epoch=0, pos=0, group=16):
+    def __init__(self, n_docs, seed, epoch=0, pos=0, group=16, rank=0, world=1):
         self.n_docs, self.seed, self.epoch, self.pos, self.group = n_docs, seed, epoch, pos, group
+        self.rank, self.world = rank, world  # distributed: this process takes order[rank::world]
 
     def __iter__(self):
         epoch, pos = self.epoch, self.pos
         while True:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.n_docs)
-            for i in range(pos, self.n_docs, self.group):
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.n_docs)[self.rank::self.world]
+            for i in range(pos, len(order), self.group):
                 yield order[i:i + self.group].tolist()
+            epoch, pos = epoch + 1, 0
+
+
+def shuffle_buffer(items, rng, max_items=10_000, max_bytes=64 << 20):
+    """Items (bytes) in a locally shuffled order, deterministic for the rng: they enter a buffer of at
+    most max_items items and max_bytes bytes; while it is over either, a random one of them leaves."""
+    buf, size, draws = [], 0, iter(())
+    for item in items:
+        buf.append(item)
+        size += len(item)
+        while len(buf) > max_items or size > max_bytes:
+            u = next(draws, None)
+            if u is None:
+                draws = iter(rng.random(4096).tolist())
+                u = next(draws)
+            j = int(u * len(buf))
+            buf[j], buf[-1] = buf[-1], buf[j]
+            size -= len(buf[-1])
+            yield buf.pop()
+    for j in rng.permutation(len(buf)):
+        yield buf[j]
+
+
+class StreamOrder(torch.utils.data.Sampler):
+    """DocumentOrder for .jsonl.zst files, which can only be read forward: the raw training lines
+    themselves (the first n_train lines of the files), in groups, forever, from (epoch, pos). Each
+    epoch reads the files in a seeded shuffled order, each one through a seeded shuffle_buffer that is
+    emptied at the end of the file. Starting at pos re-reads the current file up to pos (decompressed,
+    not parsed): exact resume costs at most one pass over one file."""
+
+    def __init__(self, ds, n_train, seed, epoch=0, pos=0, group=16, rank=0, world=1):
+        self.ds, self.n_train, self.seed, self.epoch, self.pos, self.group = ds, n_train, seed, epoch, pos, group
+        self.rank, self.world = rank, world  # distributed: this process takes lines rank::world of each epoch
+
+    def __iter__(self):
+        from itertools import islice
+        starts = self.ds.first_line
+        n_train = np.clip(self.n_train - starts[:-1], 0, np.diff(starts))  # training lines of each file
+        epoch, pos = self.epoch, self.pos
+        while True:
+            done, start = 0, pos * self.world + self.rank  # this process's next line, counted over all
+            for f in np.random.default_rng([self.seed, epoch]).permutation(len(n_train)):
+                n = int(n_train[f])
+                if done + n > start:
+                    lines = islice(zst_lines(self.ds.files[f]), n)
+                    lines = shuffle_buffer(lines, np.random.default_rng([self.seed, epoch, f]))
+                    first = max(start, done) + (self.rank - max(start, done)) % self.world
+                    lines = islice(lines, first - done, None, self.world)
+                    while group := list(islice(lines, self.group)):
+                        yield group
+                done += n
             epoch, pos = epoch + 1, 0
 
 
@@ -495,9 +687,13 @@ class TrainStream:
     exact data position: the order depends only on the data and the seed, never on the worker count,
     the switches or the evaluation settings."""
 
-    def __init__(self, ds, n_train, seed, batch_size, block_size, num_workers=0, state=None, pin=False):
+    def __init__(self, ds, n_train, seed, batch_size, block_size, num_workers=0, state=None, pin=False,
+                 rank=0, world_size=1):
         state = state or {}
         self.ds, self.n_train, self.seed = ds, n_train, seed
+        # distributed: process `rank` of world_size reads only its share of each epoch's order
+        self.rank, self.world_size = rank, world_size
+        self.n_docs = len(range(rank, n_train, world_size))  # this process's documents per epoch
         self.batch_size, self.block_size, self.num_workers, self.pin = batch_size, block_size, num_workers, pin
         self.epoch, self.pos = int(state.get("epoch", 0)), int(state.get("pos", 0))
         leftover = state.get("leftover")
@@ -513,10 +709,17 @@ class TrainStream:
                 "skipped": dict(self.skipped), "tokens_this_epoch": self.tokens_this_epoch}
 
     def _documents(self):
-        order = DocumentOrder(self.n_train, self.seed, self.epoch, self.pos)
+        if getattr(self.ds, "streaming", False):  # .jsonl.zst
+            order = StreamOrder(self.ds, self.n_train, self.seed, self.epoch, self.pos,
+                                rank=self.rank, world=self.world_size)
+        else:
+            order = DocumentOrder(self.n_train, self.seed, self.epoch, self.pos, rank=self.rank, world=self.world_size)
         loader = torch.utils.data.DataLoader(
             self.ds, batch_sampler=order, collate_fn=keep_list, num_workers=self.num_workers,
             worker_init_fn=ignore_stop_signals if self.num_workers else None,
+            # its own generator: the loader's base-seed draw must not consume the global torch RNG
+            # (dropout), or a resumed run, which starts a loader mid-run, would diverge
+            generator=torch.Generator().manual_seed(self.seed),
             persistent_workers=False, prefetch_factor=8 if self.num_workers else None)
         for group in loader:
             yield from group
@@ -529,13 +732,13 @@ class TrainStream:
         while self.n_buffered < need:
             tokens, why = next(self.loader)
             self.pos += 1
-            if why:
+            if why and self.epoch == 0:  # count each unusable line once, on the first pass
                 self.skipped[why] = self.skipped.get(why, 0) + 1
             elif len(tokens):
                 self.pieces.append(tokens)
                 self.n_buffered += len(tokens)
                 self.tokens_this_epoch += len(tokens)
-            if self.pos == self.n_train:
+            if self.pos == self.n_docs:
                 if self.tokens_this_epoch == 0:
                     raise UserError(f"no usable training document in {self.n_train} lines "
                                     f"(skipped: {self.skipped})")
@@ -587,7 +790,7 @@ def module_documentation(name, tree):
                 kind = "class" if isinstance(node, ast.ClassDef) else "def"
                 args = ast.unparse(node.args) if kind == "def" else ""
                 parts.append(f"{kind} {node.name}({args})\n    " + doc.replace("\n", "\n    "))
-    return "\n\n".join(p for p in parts if p).strip()
+    return "\n\n".join(p for p in parts if p).strip() if any(parts[1:]) else ""
 
 
 def build_demo_corpus(path):
@@ -616,6 +819,7 @@ def build_demo_corpus(path):
         name = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
         docs.append((source, "PythonSource", str(rel)))
         docs.append((module_documentation(name, tree), "PythonModuleDocs", name))
+    docs = [d for d in docs if d[0].strip()]
     random.Random(0).shuffle(docs)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as out:
@@ -693,7 +897,8 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.k[layer, :, :, :p + T], cache.v[layer, :, :, :p + T]
             if p > 0:  # new queries see every cached key and the new keys up to their own position
                 causal = False
-                mask = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p)
+                if T > 1:  # (one new query sees them all: no mask)
+                    mask = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
@@ -736,6 +941,58 @@ class Block(nn.Module):
     def forward(self, x, rope=None, cache=None, layer=0):
         x = x + self.attn(self.ln_1(x), rope, cache, layer)
         return x + self.mlp(self.ln_2(x))
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed NLL of targets under softmax(x @ weight.T), and its gradient, without F.cross_entropy's
+    full-size fp32 tensors (logits, log-probabilities, their gradient: 0.4 GB each at batch 8 x 256).
+    One matmul writes the logits in the compute dtype into a single (N, V) buffer; then, a few rows at a
+    time (cache-sized on CPU), they are upcast to fp32 for the log-softmax, and the buffer row is
+    overwritten by its gradient softmax - onehot (also computed in fp32). backward() is two matmuls.
+    Same loss as F.cross_entropy on fp32 logits; about a third less time for this part on CPU."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets):
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        xl, wl = x.to(dtype), weight.to(dtype)
+        buf = torch.mm(xl, wl.t())  # (N, V) logits, then their gradient
+        rows = max(1, (2**20 if x.device.type == "cpu" else 2**26) // weight.size(0))
+        nll = torch.zeros((), dtype=torch.float32, device=x.device)
+        for i in range(0, x.size(0), rows):
+            t = targets[i:i + rows]
+            logp = torch.log_softmax(buf[i:i + rows].float(), dim=-1)
+            nll -= logp.gather(1, t[:, None]).sum()
+            p = logp.exp_()
+            p[torch.arange(len(t), device=x.device), t] -= 1.0
+            buf[i:i + rows] = p
+        ctx.save_for_backward(buf, xl, wl)
+        ctx.dtypes = (x.dtype, weight.dtype)
+        return nll
+
+    @staticmethod
+    def backward(ctx, grad_nll):
+        buf, xl, wl = ctx.saved_tensors
+        dx = (buf @ wl).to(ctx.dtypes[0]).mul_(grad_nll)
+        dw = (buf.t() @ xl).to(ctx.dtypes[1]).mul_(grad_nll)
+        return dx, dw, None
+
+
+def linear_cross_entropy(x, weight, targets, reduction="mean"):
+    """F.cross_entropy(F.linear(x, weight).float(), targets, reduction=...) for x (N, C), weight (V, C),
+    targets (N,): LinearCrossEntropy when a gradient is needed (float16 keeps the plain path: its
+    unscaled softmax would underflow), a chunked loss-only pass otherwise (evaluation)."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be mean or sum, got {reduction!r}")
+    fp16 = torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type) == torch.float16
+    if fp16 or torch.compiler.is_compiling():  # torch.compile fuses the plain version itself
+        return F.cross_entropy(F.linear(x, weight).float(), targets, reduction=reduction)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        nll = LinearCrossEntropy.apply(x, weight, targets)
+    else:
+        rows = max(1, (2**22 if x.device.type == "cpu" else 2**26) // weight.size(0))
+        nll = sum(F.cross_entropy(F.linear(x[i:i + rows], weight).float(), targets[i:i + rows], reduction="sum")
+                  for i in range(0, x.size(0), rows))
+    return nll / targets.numel() if reduction == "mean" else nll
 
 
 class GPT(nn.Module):
@@ -795,8 +1052,8 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if targets is None:
             return self.lm_head(x[:, -1, :])  # (B, V): only the next token is needed
-        logits = self.lm_head(x)  # (B, T, V)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), reduction=reduction)
+        # = F.cross_entropy(self.lm_head(x).float(), targets), without materializing the fp32 logits
+        return linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), reduction)
 
     def configure_optimizer(self, cfg, device_type):
         """AdamW with weight decay on matrices (Linear weights, embeddings) only; biases and norm
@@ -805,27 +1062,29 @@ class GPT(nn.Module):
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                                 fused=device_type == "cuda")
+                                 fused=device_type in ("cuda", "cpu"))  # on CPU 7x faster than for-each
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
         """Continue idx (B, T) by max_new_tokens sampled tokens (greedy when temperature is 0).
-        With the KV cache each new token costs one position; when the context reaches block_size the
-        cache is refilled from the last block_size - 1 tokens (the same window the uncached path sees)."""
+        Both paths predict from the last block_size tokens, and give the same tokens. With the KV cache
+        each new token costs one position while the text fits in block_size; past it the window slides,
+        which moves every token's position and context, so each further token is a full pass over the
+        window, as without the cache."""
         block = self.cfg.block_size
         cache = None
         for _ in range(max_new_tokens):
             if not use_cache:
                 logits = self(idx[:, -block:])
-            else:
-                if cache is None or cache.pos >= block:  # (re)fill the cache from the visible context
-                    ctx = idx[:, -(block - 1):] if idx.size(1) >= block else idx
+            elif cache is None or idx.size(1) > block:  # (re)fill the cache from the visible window
+                if cache is None:
                     hs = self.cfg.n_embd // self.cfg.n_head
                     cache = KVCache(self.cfg.n_layer, idx.size(0), self.cfg.n_head, block, hs,
                                     idx.device, self.wte.weight.dtype)
-                    logits = self(ctx, cache=cache)
-                else:
-                    logits = self(idx[:, -1:], cache=cache)
+                cache.pos = 0
+                logits = self(idx[:, -block:], cache=cache)
+            else:
+                logits = self(idx[:, -1:], cache=cache)  # the cache holds idx[:, :-1]
             logits = logits.float()
             if temperature == 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)
@@ -896,9 +1155,10 @@ def autocast_context(device, dtype):
     return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
 
 
-def save_checkpoint(path, ckpt):
+def save_checkpoint(path, ckpt, keep_as=None):
     """Write to a temporary file, fsync, then rename over the old one: a kill at any moment leaves
-    either the previous checkpoint or the new one, never a torn file."""
+    either the previous checkpoint or the new one, never a torn file. keep_as: first give the previous
+    checkpoint this second name (a hard link; a copy where links are not supported)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -906,10 +1166,25 @@ def save_checkpoint(path, ckpt):
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_as is not None and path.is_file() and not Path(keep_as).exists():
+            try:
+                os.link(path, keep_as)
+            except OSError:
+                import shutil
+                shutil.copyfile(path, f"{keep_as}.tmp")
+                os.replace(f"{keep_as}.tmp", keep_as)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise UserError(f"could not write checkpoint {path}: {e.strerror or e} (the previous one is intact)")
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # some file systems cannot fsync a folder
 
 
 def load_checkpoint(path, device="cpu"):
@@ -922,7 +1197,8 @@ def load_checkpoint(path, device="cpu"):
     except Exception as e:
         raise UserError(f"cannot read checkpoint {path}: corrupted, truncated or not a PyTorch checkpoint "
                         f"({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
+    if (not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt)
+            or not isinstance(ckpt["model"], dict) or not isinstance(ckpt["config"], dict)):
         raise UserError(f"{path} is not a gpt-ablate checkpoint (no model and config in it)")
     return ckpt
 
@@ -930,8 +1206,12 @@ def load_checkpoint(path, device="cpu"):
 def model_from_checkpoint(ckpt, device="cpu"):
     """Rebuild the exact model (any switch combination) from a checkpoint's config and weights."""
     known = {k: v for k, v in ckpt["config"].items() if k in CONFIG_FIELDS}
-    cfg = Config(**known)
-    model = GPT(cfg)
+    try:
+        cfg = Config(**known)
+        check_config(cfg)
+        model = GPT(cfg)
+    except (UserError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise UserError(f"the checkpoint's config cannot build a model: {e}") from None
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -975,6 +1255,230 @@ def evaluate(model, windows, batch_size, device, ctx, byte_lengths):
 
 
 # -----------------------------------------------------------------------------
+# Speed and scale: MFU against the device's peak; torchrun / srun processes with DDP
+
+# Dense (no sparsity) tensor-core peak FLOP/s of one GPU from the vendors' datasheets, as
+# (name, pattern for torch.cuda.get_device_name, bfloat16/float16, float32). The float32 column is TF32
+# where the GPU has it (train.py turns TF32 on), plain FP32 otherwise. First match wins; a GPU that is
+# not listed gets a measured matmul peak instead.
+GPU_PEAK_FLOPS = [
+    ("B200", r"\bB200\b", 2250e12, 1100e12),
+    ("GH200", r"\bGH200\b", 989e12, 494e12),
+    ("H200 NVL", r"\bH200 NVL\b", 835e12, 418e12),
+    ("H200", r"\bH200\b", 989e12, 494e12),
+    ("H100 NVL", r"\bH100 NVL\b", 835e12, 418e12),
+    ("H100 PCIe", r"\bH100\b.*\bPCIe\b", 756e12, 378e12),
+    ("H100 SXM", r"\bH100\b|\bH800\b", 989e12, 494e12),
+    ("A100", r"\bA100\b|\bA800\b", 312e12, 156e12),
+    ("L40S", r"\bL40S\b", 362e12, 183e12),
+    ("L40", r"\bL40\b", 181e12, 90.5e12),
+    ("L4", r"\bL4\b", 121e12, 60e12),
+    ("A10", r"\bA10\b", 125e12, 62.5e12),
+    ("A40", r"\bA40\b", 150e12, 74.8e12),
+    ("RTX 6000 Ada", r"\bRTX 6000 Ada\b", 364e12, 182e12),
+    ("RTX A6000", r"\bA6000\b", 155e12, 77.4e12),
+    ("RTX 4090", r"\b4090\b", 165e12, 82.6e12),
+    ("RTX 3090", r"\b3090\b", 71e12, 35.6e12),
+    ("V100", r"\bV100\b", 125e12, 15.7e12),
+    ("T4", r"\bT4\b", 65e12, 8.1e12),
+    ("MI300X", r"\bMI300X\b", 1307e12, 163e12),
+    ("MI250X", r"\bMI250X?\b", 383e12, 95.7e12),
+]
+_measured_peaks = {}
+
+
+def flops_per_token(model):
+    """Training FLOPs per token, forward and backward (Kaplan et al. 2020; PaLM, appendix B): 6 per weight
+    of every matmul (the tied output head once, embedding lookups free) plus 12 * n_layer * block_size *
+    n_embd for the attention scores and their weighted sum (causal masking not discounted)."""
+    cfg = model.cfg
+    matmul_weights = model.num_params()["non_embedding"] + model.lm_head.weight.numel()
+    return 6 * matmul_weights + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
+
+
+def measure_matmul_flops(device, dtype, seconds=0.25):
+    """FLOP/s of a square matmul in dtype on this device (best of short timed bursts), cached per process:
+    the peak of a CPU, whose achievable matmul speed no datasheet gives."""
+    key = (device, dtype, torch.get_num_threads())
+    if key not in _measured_peaks:
+        n = 1024 if device == "cpu" else 8192
+        g = torch.Generator(device=device).manual_seed(0)  # not the global RNG: dropout and resume use it
+        a = torch.randn(n, n, device=device, generator=g).to(getattr(torch, dtype))
+        b, c = torch.randn(n, n, device=device, generator=g).to(a.dtype), torch.empty_like(a)
+        device_type = device.split(":")[0]
+        sync = getattr(torch, device_type).synchronize if device_type in ("cuda", "mps") else (lambda: None)
+        torch.mm(a, b, out=c)
+        sync()
+        best, reps, t_end = 0.0, 1, time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                torch.mm(a, b, out=c)
+            sync()
+            dt = time.perf_counter() - t0
+            best = max(best, 2 * n ** 3 * reps / dt)
+            reps *= 2 if dt < 0.02 else 1
+        _measured_peaks[key] = best
+    return _measured_peaks[key]
+
+
+def peak_flops(device, dtype):
+    """-> (peak FLOP/s of one device in this dtype, where that number comes from)."""
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(device)
+        for label, pattern, low_precision, float32 in GPU_PEAK_FLOPS:
+            if re.search(pattern, name):
+                return (float32 if dtype == "float32" else low_precision), f"{label} datasheet"
+        return measure_matmul_flops(device, dtype), f"measured {dtype} matmul on {name}"
+    return measure_matmul_flops(device, dtype), f"measured {dtype} matmul, {torch.get_num_threads()} threads"
+
+
+class Distributed:
+    """This process's place in a torchrun (or srun) job, from RANK, WORLD_SIZE and LOCAL_RANK; a
+    one-process no-op without them. Every process trains on its own documents (TrainStream's rank::world
+    share) with batch_size sequences; DDP averages the gradients. Rank 0 alone prints, logs, evaluates
+    and writes checkpoints and results; decisions to stop come from rank 0 (its clock) or from any rank
+    (a signal), so that all processes take the same number of steps. Use it as a context manager: it
+    silences stdout on the other ranks and closes the process group at the end."""
+
+    def __init__(self, env=None):
+        env = os.environ if env is None else env
+        try:
+            self.world = int(env.get("WORLD_SIZE", 1))
+            self.rank = int(env.get("RANK", 0))
+            self.local_rank = int(env.get("LOCAL_RANK", 0))
+        except ValueError:
+            raise UserError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (torchrun sets them)") from None
+        missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in env]
+        if self.world > 1 and missing:
+            raise UserError(f"WORLD_SIZE={self.world} but {', '.join(missing)} not set: start a distributed run "
+                            "with torchrun --nproc_per_node=N train.py ... (or srun, see slurm/ddp.sbatch)")
+        if self.world < 1 or not 0 <= self.rank < self.world or self.local_rank < 0:
+            raise UserError(f"RANK={self.rank} does not fit WORLD_SIZE={self.world}")
+        self.enabled, self.is_main, self.started, self.control = self.world > 1, self.rank == 0, False, None
+
+    def __enter__(self):
+        self._stdout = sys.stdout
+        if not self.is_main:
+            sys.stdout = open(os.devnull, "w")
+        return self
+
+    def __exit__(self, *exc):
+        if sys.stdout is not self._stdout:
+            sys.stdout.close()
+            sys.stdout = self._stdout
+        self.close()
+
+    def device(self, name):
+        """pick_device's choice; under torchrun a GPU process takes cuda:LOCAL_RANK."""
+        device = pick_device(name)
+        if not self.enabled:
+            return device
+        if device == "mps":
+            raise UserError("distributed training does not run on mps; use --device=cpu")
+        if device.startswith("cuda"):
+            if device != "cuda":
+                raise UserError(f"--device={name} with {self.world} processes: each one uses cuda:LOCAL_RANK; "
+                                "pass --device=cuda (or auto) and pick GPUs with CUDA_VISIBLE_DEVICES")
+            n = torch.cuda.device_count()
+            if self.local_rank >= n:
+                raise UserError(f"LOCAL_RANK={self.local_rank} but this node has {n} GPU(s): start at most "
+                                f"{n} processes per node (--nproc_per_node={n})")
+            device = f"cuda:{self.local_rank}"
+            torch.cuda.set_device(device)
+        return device
+
+    def start(self, device):
+        """Join the process group: nccl on GPUs, gloo on CPUs, plus a gloo group for the small CPU-side
+        agreements, so that they never wait on the GPU."""
+        if not self.enabled or self.started:
+            return
+        import torch.distributed as dist
+        from datetime import timedelta
+        timeout = timedelta(minutes=30)  # the other ranks wait while rank 0 evaluates or saves
+        cuda = device.startswith("cuda")
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout,
+                                    device_id=torch.device(device) if cuda else None)
+        self.control = dist.new_group(backend="gloo", timeout=timeout) if cuda else None
+        self.started = True
+        print(f"distributed: {self.world} processes ({dist.get_backend()}), this is rank {self.rank}")
+
+    def close(self):
+        if self.started:
+            torch.distributed.destroy_process_group()
+            self.started = False
+
+    def wrap(self, model, device):
+        """The model that the training step calls: DDP around it when there are several processes."""
+        if not self.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
+
+    def agree(self, value):
+        """Rank 0's value (a small Python object) on every rank."""
+        if not self.enabled:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0, group=self.control)
+        return box[0]
+
+    def first(self, value):
+        """The first non-None value of any rank (a signal that reached only some processes) on every rank."""
+        if not self.enabled:
+            return value
+        values = [None] * self.world
+        torch.distributed.all_gather_object(values, value, group=self.control)
+        return next((v for v in values if v is not None), None)
+
+    def mean(self, tensor):
+        """The mean over ranks of a tensor (itself with one process)."""
+        if not self.enabled:
+            return tensor
+        total = tensor.detach().clone()
+        torch.distributed.all_reduce(total)  # gloo has no AVG
+        return total / self.world
+
+    def gather(self, obj):
+        """[rank 0's obj, rank 1's, ...] on rank 0, None on the others."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world if self.is_main else None
+        torch.distributed.gather_object(obj, out, dst=0, group=self.control)
+        return out
+
+    def barrier(self):
+        if self.enabled:
+            torch.distributed.barrier(group=self.control)
+
+    def rank_state(self, ckpt, n_train, seed, data_state):
+        """This rank's data position at the start: data_state (None = the beginning) for one process;
+        with several, its own share of a checkpoint written by as many processes (exact), else the
+        position all ranks had reached (not exact, with a warning). Also gives each rank its own RNG."""
+        if self.world > n_train:
+            raise UserError(f"{self.world} processes but only {n_train} training documents: each needs one")
+        if ckpt is None:
+            if self.rank:
+                torch.manual_seed(seed + self.rank)  # dropout: other masks on other ranks
+            return data_state
+        ranks = ckpt.get("ranks")
+        if ranks is None and not self.enabled:
+            return data_state
+        ranks = ranks or [{"data": ckpt["data"], "rng": ckpt["rng"]["torch"]}]
+        if len(ranks) == self.world:
+            torch.set_rng_state(ranks[self.rank]["rng"])
+            return ranks[self.rank]["data"]
+        old = len(ranks)
+        print(f"warning: the checkpoint was written by {old} process(es) and this run has {self.world}: each "
+              f"restarts at the documents all of them had reached; the resumed run is not exact")
+        reached = min(r["data"]["epoch"] * n_train + r["data"]["pos"] * old for r in ranks)
+        epoch, start = divmod(reached, n_train)
+        return {"epoch": epoch, "pos": len(range(self.rank, start, self.world)),
+                "skipped": dict(ranks[0]["data"].get("skipped", {}))}
+
+
+# -----------------------------------------------------------------------------
 # Training
 
 class StopFlag:
@@ -997,16 +1501,23 @@ class StopFlag:
         if signum == signal.SIGINT and self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
-        print(f"\n{self.signal}: saving a checkpoint at the end of this step, then exiting", flush=True)
+        again = " (Ctrl-C again exits at once, without saving)" if signum == signal.SIGINT else ""
+        try:  # os.write, not print: print may fail as a reentrant call if the loop was printing
+            os.write(2, f"\n{self.signal}: saving a checkpoint at the end of this step, then exiting{again}\n"
+                     .encode())
+        except OSError:
+            pass
 
     def requested(self, step):
         """The signal's name if the run should stop after `step`, else None."""
         return self.signal
 
 
-def train(cfg, stop=None):
-    """Run (or resume) one training run; returns the results dict also written to results.json."""
+def train(cfg, stop=None, ddp=None):
+    """Run (or resume) one training run; returns the results dict also written to results.json.
+    ddp: this process's Distributed (default: from the environment; one process without torchrun)."""
     stop = stop or StopFlag()
+    ddp = ddp or Distributed()
     out = Path(cfg.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -1016,8 +1527,11 @@ def train(cfg, stop=None):
     except OSError as e:
         raise UserError(f"out_dir {out} is not writable: {e.strerror or e}") from None
     ckpt_path, log_path = out / "ckpt.pt", out / "log.txt"
+    if not ddp.is_main:
+        log_path = Path(os.devnull)  # rank 0 alone writes the log
     max_time = parse_duration(cfg.max_time)
-    device = pick_device(cfg.device)
+    device = ddp.device(cfg.device)
+    ddp.start(device)
     device_type = device.split(":")[0]
     dtype = pick_dtype(cfg.dtype, device)
     ctx = autocast_context(device, dtype)
@@ -1030,10 +1544,16 @@ def train(cfg, stop=None):
         if not ckpt_path.is_file():
             raise UserError(f"--resume=True but there is no checkpoint at {ckpt_path}")
         ckpt = load_checkpoint(ckpt_path, "cpu")
-        for key in MODEL_KEYS:
-            if key in ckpt["config"] and ckpt["config"][key] != getattr(cfg, key):
-                raise UserError(f"checkpoint {ckpt_path} has {key}={ckpt['config'][key]!r} but the config "
-                                f"says {key}={getattr(cfg, key)!r}")
+        missing = [k for k in ("optimizer", "step", "tokens", "elapsed", "horizon", "horizon_estimated",
+                               "data", "loss_window", "rng") if k not in ckpt]
+        if missing:
+            raise UserError(f"checkpoint {ckpt_path} holds no training state to resume from "
+                            f"(missing: {', '.join(missing)})")
+        differ = [k for k in MODEL_KEYS if k in ckpt["config"] and ckpt["config"][k] != getattr(cfg, k)]
+        if differ:  # every model-shape key that disagrees, named
+            has = ", ".join(f"{k}={ckpt['config'][k]!r}" for k in differ)
+            says = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in differ)
+            raise UserError(f"checkpoint {ckpt_path} has {has} but the config says {says}")
         for key in ("data_path", "seed", "batch_size", "val_docs", "min_chars"):
             if ckpt["config"].get(key) != getattr(cfg, key):
                 print(f"warning: {key} changed since the checkpoint "
@@ -1075,9 +1595,13 @@ def train(cfg, stop=None):
         if device_type == "cuda" and ckpt["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     scaler = torch.amp.GradScaler(enabled=dtype == "float16")
-    train_model = torch.compile(model) if cfg.compile else model
+    if ckpt is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])  # float16's loss scale, so a resumed run is exact
+    data_state = ddp.rank_state(ckpt, n_train, cfg.seed, data_state)  # each process's own share
+    train_model = ddp.wrap(model, device)  # DDP with several processes
+    train_model = torch.compile(train_model) if cfg.compile else train_model
     stream = TrainStream(ds, n_train, cfg.seed, cfg.batch_size, cfg.block_size, cfg.num_workers,
-                         data_state, pin=device_type == "cuda")
+                         data_state, pin=device_type == "cuda", rank=ddp.rank, world_size=ddp.world)
 
     # log: on resume drop what the killed run logged after its checkpoint, so steps never repeat
     if ckpt is not None and log_path.is_file():
@@ -1087,6 +1611,9 @@ def train(cfg, stop=None):
         os.replace(tmp, log_path)
     elif log_path.is_file():
         log_path.unlink()
+    if ckpt is None and ddp.is_main:  # a fresh run: older checkpoints kept by keep_ckpts belong to the run it replaces
+        for old in out.glob("ckpt_*.pt"):
+            old.unlink()
     log_file = open(log_path, "a", buffering=1)
 
     def log(event, **row):
@@ -1098,20 +1625,37 @@ def train(cfg, stop=None):
     def elapsed():
         return elapsed_before + time.time() - t_start
 
+    saved_step = ckpt["step"] if ckpt is not None else None  # step of this run's ckpt.pt, if any
+
     def checkpoint(loss_window=(0.0, 0), last_good=None):
+        nonlocal saved_step
+        if not torch.stack([p.isfinite().all() for p in model.parameters()]).all():
+            diverged(f"a model weight is not finite after step {step}")  # never save a diverged model
+        ranks = ddp.gather({"data": stream.state_dict(), "rng": torch.get_rng_state()})  # every process's place
+        if not ddp.is_main:  # rank 0 writes; the others wait until it has, so none exits mid-save
+            saved_step = step
+            return ddp.barrier()
+        keep = out / f"ckpt_{saved_step}.pt" if cfg.keep_ckpts > 1 and saved_step not in (None, step) else None
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
             "step": step, "tokens": tokens, "elapsed": elapsed(), "horizon": horizon,
             "horizon_estimated": horizon_estimated,
             "data": stream.state_dict(), "params": params, "loss_window": loss_window,
-            "last_good": last_good,
+            "last_good": last_good, "scaler": scaler.state_dict(), **({"ranks": ranks} if ddp.enabled else {}),
             "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if device_type == "cuda" else []}})
+                    "cuda": torch.cuda.get_rng_state_all() if device_type == "cuda" else []}}, keep_as=keep)
+        saved_step = step
+        ddp.barrier()
+        older = sorted((int(m[1]), p) for p in out.glob("ckpt_*.pt")
+                       if (m := re.fullmatch(r"ckpt_(\d+)\.pt", p.name)))
+        for _, p in older[:max(0, len(older) - (cfg.keep_ckpts - 1))]:  # keep the newest keep_ckpts-1
+            p.unlink(missing_ok=True)
 
     def eval_and_log(windows):
         nonlocal eval_seconds
         t0 = time.time()
-        val_nll, val_bpb = evaluate(model, windows, cfg.batch_size, device, ctx, byte_lengths)
+        val_nll, val_bpb = (evaluate(model, windows, cfg.batch_size, device, ctx, byte_lengths) if ddp.is_main
+                            else (math.nan, math.nan))  # rank 0 evaluates
         log("eval", tokens=tokens, elapsed=round(elapsed(), 3), lr=get_lr(max(0, step - 1), cfg, horizon),
             val_nll=val_nll, val_bpb=val_bpb)
         print(f"step {step}: val nll {val_nll:.4f}, {val_bpb:.4f} bits/byte")
@@ -1124,7 +1668,11 @@ def train(cfg, stop=None):
     else:
         log("resume", tokens=tokens, elapsed=round(elapsed_before, 3))
     print(f"model: {params['total']:,} parameters ({params['non_embedding']:,} non-embedding); "
-          f"device {device}, {dtype}; batch {cfg.batch_size} x {cfg.block_size} tokens")
+          f"device {device}, {dtype}; batch {cfg.batch_size} x {cfg.block_size} tokens"
+          + (f" per process x {ddp.world} processes = global batch {cfg.batch_size * ddp.world} x "
+             f"{cfg.block_size} tokens" if ddp.enabled else ""))
+    flops_token, (peak, peak_from) = flops_per_token(model), peak_flops(device, dtype)
+    print(f"speed: {flops_token / 1e6:,.1f} MFLOP per token; peak {peak / 1e12:,.2f} TFLOP/s per device ({peak_from})")
     if ckpt is None:
         eval_and_log(val_periodic)
 
@@ -1135,20 +1683,25 @@ def train(cfg, stop=None):
     t_window, tokens_window = time.time(), tokens
     t_probe, probe_step, probe_from = None, 0, step + 10  # skip the first (slow, compiling) steps
 
+    def diverged(what):
+        good = f" (last finite train loss: {last_good[1]:.4f} at step {last_good[0]})" if last_good else ""
+        where = (f"{ckpt_path} (step {saved_step}) is the last good checkpoint, untouched"
+                 if saved_step is not None else "no checkpoint of this run was saved before it")
+        msg = (f"{what}{good}; {where}. Try a lower learning_rate, use_warmup=True, a smaller grad_clip "
+               "or dtype=float32 (resume from the checkpoint with --resume=True and the new setting)")
+        log("nan", message=msg)
+        raise FloatingPointError(msg)
+
     def check_finite(value):
         if not math.isfinite(value):
-            good = f" (last finite: {last_good[1]:.4f} at step {last_good[0]})" if last_good else ""
-            msg = (f"train loss is {value} at step {step}{good}; {ckpt_path} is the last good checkpoint. "
-                   "Try a lower learning_rate, use_warmup=True or dtype=float32")
-            log("nan", message=msg)
-            raise FloatingPointError(msg)
+            diverged(f"train loss is {value} at step {step}")
 
     model.train()
     try:
         while True:
-            stopped_by = ("max_iters" if step >= cfg.max_iters else
-                          "max_time" if max_time is not None and (elapsed() >= max_time or step >= horizon)
-                          else None)
+            stopped_by = ddp.agree("max_iters" if step >= cfg.max_iters else  # rank 0's clock decides
+                                   "max_time" if max_time is not None and (elapsed() >= max_time or step >= horizon)
+                                   else None)
             if stopped_by:
                 break
             lr = get_lr(step, cfg, horizon)
@@ -1166,7 +1719,7 @@ def train(cfg, stop=None):
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens += x.numel()
+            tokens += x.numel() * ddp.world  # every process trained on as many
             loss_sum += loss.detach()  # stays on the device: no sync until the next log step
             loss_count += 1
 
@@ -1177,59 +1730,68 @@ def train(cfg, stop=None):
                 elif t_probe is not None and step == probe_step + 20:
                     per_step = (time.time() - t_probe) / 20 + eval_seconds / cfg.eval_interval
                     left = max_time - elapsed() - eval_seconds * len(val) / max(1, len(val_periodic))
-                    horizon = min(cfg.max_iters, step + max(0, int(left / per_step)))
+                    horizon = ddp.agree(min(cfg.max_iters, step + max(0, int(left / per_step))))
                     horizon_estimated = True
                     print(f"max_time {cfg.max_time}: planned run length {horizon} steps")
                     log("horizon", horizon=horizon)
 
-            ending = step >= cfg.max_iters or (max_time is not None and (elapsed() >= max_time or step >= horizon))
+            ending = ddp.agree(step >= cfg.max_iters or (max_time is not None and (elapsed() >= max_time
+                                                                                    or step >= horizon)))
             if step % cfg.log_interval == 0 or ending:
-                train_nll = (loss_sum / loss_count).item()  # the one host-device sync
+                train_nll = (ddp.mean(loss_sum) / loss_count).item()  # the one host-device sync
                 check_finite(train_nll)
                 last_good = (step, train_nll)
                 now = time.time()
                 rate = (tokens - tokens_window) / max(1e-9, now - t_window)
                 t_window, tokens_window = now, tokens
+                mfu = rate * flops_token / (peak * ddp.world)  # model FLOPs utilization of the devices
                 log("train", tokens=tokens, elapsed=round(elapsed(), 3), lr=lr, train_nll=train_nll,
-                    tokens_per_s=round(rate, 1))
+                    tokens_per_s=round(rate, 1), mfu=round(mfu, 4))
                 target = horizon if max_time is not None else cfg.max_iters
                 eta = (target - step) * cfg.batch_size * cfg.block_size / max(rate, 1e-9)
                 if max_time is not None:
                     eta = min(eta, max(0.0, max_time - elapsed()))
                 print(f"step {step}/{target} | train nll {train_nll:.4f} | lr {lr:.2e} | "
-                      f"{rate:,.0f} tok/s | eta {format_seconds(eta)}", flush=True)
+                      f"{rate:,.0f} tok/s | mfu {mfu:.1%} | eta {format_seconds(eta)}", flush=True)
                 loss_sum, loss_count = torch.zeros((), device=device), 0
             if step % cfg.eval_interval == 0 and not ending:  # the final evaluation covers the end
                 eval_and_log(val_periodic)
-            stop_signal = stop.requested(step)
+            stop_signal = ddp.first(stop.requested(step))  # a signal to any process stops them all
             if (step % cfg.ckpt_interval == 0 and not ending) or stop_signal:
+                window_sum = ddp.mean(loss_sum).item()
                 if loss_count:
-                    check_finite(loss_sum.item())  # never save a checkpoint of a diverged model
-                checkpoint((loss_sum.item(), loss_count), last_good)
+                    check_finite(window_sum)  # never save a checkpoint of a diverged model
+                checkpoint((window_sum, loss_count), last_good)
             if stop_signal:
                 log("stopped", signal=stop_signal)
                 print(f"stopped by {stop_signal} at step {step}; checkpoint saved to {ckpt_path}. "
                       f"Run the same command with --resume=True to continue.")
                 raise SystemExit(EXIT_PREEMPTED)
     finally:
-        stop.uninstall()
+        if not stopped_by:  # an error or a stop; after a normal end the handlers stay through the final
+            stop.uninstall()  # evaluation (which can be long), so a signal there cannot kill the run
         stream.close()
         log_file.flush()
 
     # the end: full validation set, final checkpoint, results
-    val_nll, val_bpb = eval_and_log(val)
-    checkpoint(last_good=last_good)
+    try:
+        val_nll, val_bpb = eval_and_log(val)
+        checkpoint(last_good=last_good)
+    finally:
+        stop.uninstall()
     wall = elapsed()
     results = {"val_nll": val_nll, "val_bpb": val_bpb, "train_nll": last_good[1] if last_good else None,
                "params": params, "steps": step, "tokens": tokens, "wall_time": wall,
                "tokens_per_s": tokens / max(wall, 1e-9), "horizon": horizon, "stopped_by": stopped_by,
                "skipped_lines": stream.skipped, "device": device, "dtype": dtype,
-               "config": dataclasses.asdict(cfg)}
+               "mfu": tokens / max(wall, 1e-9) * flops_token / (peak * ddp.world), "peak_flops": peak,
+               "world_size": ddp.world, "config": dataclasses.asdict(cfg)}
     log("end", tokens=tokens, elapsed=round(wall, 3), val_nll=val_nll)
     log_file.close()
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, out / "results.json")
+    if ddp.is_main:
+        tmp = out / "results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        os.replace(tmp, out / "results.json")
     print(f"done: {step} steps, {tokens:,} tokens in {format_seconds(wall)}; val nll {val_nll:.4f} "
           f"({val_bpb:.4f} bits/byte); results in {out / 'results.json'}")
     return results
@@ -1242,13 +1804,17 @@ def main(argv=None):
         return 0
     try:
         cfg = parse_args(argv)
-        train(cfg)
+        with Distributed() as ddp:  # torchrun's processes; stdout only from rank 0
+            train(cfg, ddp=ddp)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NAN
+    except OSError as e:  # a file that vanished, a full disk while writing the log or results
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -3,7 +3,7 @@
 #   python train.py config/baseline.py --use_rope=True --out_dir=out/rope
 # With no data_path this trains on the built-in demo corpus (the Python standard library's docs and source).
 out_dir = "out/baseline"
-val_docs = 100
+val_docs = 20
 block_size = 128
 batch_size = 8
 n_layer = 4
@@ -13,8 +13,8 @@ dropout = 0.0
 learning_rate = 1e-3
 min_lr = 1e-4
 warmup_iters = 50
-max_iters = 600
-eval_interval = 100
+max_iters = 300
+eval_interval = 50
 eval_iters = 10
 log_interval = 10
-ckpt_interval = 200
+ckpt_interval = 100
