@@ -1330,7 +1330,8 @@ def peak_flops(device, dtype):
             if re.search(pattern, name):
                 return (float32 if dtype == "float32" else low_precision), f"{label} datasheet"
         return measure_matmul_flops(device, dtype), f"measured {dtype} matmul on {name}"
-    return measure_matmul_flops(device, dtype), f"measured {dtype} matmul, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return measure_matmul_flops(device, dtype), f"measured {dtype} matmul, {threads} thread{'s' * (threads > 1)}"
 
 
 class Distributed:
