@@ -371,8 +371,12 @@ def _pyplot():
 
 
 def train_curve(run, beta):
+    """beta None: smooth over about 1/20 of the run's points (none for short runs), so the curve does not
+    lag far behind the validation points."""
     steps = np.array([r["step"] for r in run.train], dtype=float)
     nll = np.array([r["train_nll"] for r in run.train], dtype=float)
+    if beta is None:
+        beta = max(0.0, 1.0 - 20.0 / max(1, len(nll)))
     return steps, nll, ema(nll, beta)
 
 
@@ -398,7 +402,8 @@ def _set_ylim(ax, curves):
 def _style_axes(ax, beta):
     ax.set_xlabel("step")
     ax.set_ylabel("NLL (nats/token)")
-    ax.set_title(f"lines: train NLL (EMA, beta={beta:g});  markers: val NLL", fontsize=9)
+    smooth = "auto" if beta is None else f"{beta:g}"
+    ax.set_title(f"lines: train NLL (EMA, beta={smooth});  markers: val NLL", fontsize=9)
     ax.grid(alpha=0.3)
 
 
@@ -613,7 +618,8 @@ def get_args(argv=None):
     p.add_argument("logs", nargs="*", help="log.txt files (or run folders)")
     p.add_argument("-o", "--out", default=None, help="PNG to write (default nll.png; in report mode only if given)")
     p.add_argument("--report", default=None, help="write a one-page report PDF here (plus .md and .png next to it)")
-    p.add_argument("--smooth", type=float, default=0.9, help="EMA beta for train curves, in [0, 1)")
+    p.add_argument("--smooth", type=float, default=None,
+                   help="EMA beta for train curves, in [0, 1) (default: about 1/20 of a run's points)")
     p.add_argument("--sample_prompt", default="The", help="report: prompt for the samples")
     p.add_argument("--sample_tokens", type=int, default=40, help="report: new tokens per sample")
     p.add_argument("--sample_seed", type=int, default=1337, help="report: sampling seed (same for all)")
@@ -626,7 +632,7 @@ def main(argv=None):
     try:
         if not args.logs:
             raise UsageError("no log files given (usage: python plot.py out/*/log.txt [-o nll.png])")
-        if not 0 <= args.smooth < 1:
+        if args.smooth is not None and not 0 <= args.smooth < 1:
             raise UsageError(f"--smooth must be in [0, 1), got {args.smooth}")
         runs = [load_run(p) for p in args.logs]
     except UsageError as e:
