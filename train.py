@@ -1067,24 +1067,25 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
         """Continue idx (B, T) by max_new_tokens sampled tokens (greedy when temperature is 0).
-        Both paths predict from the last block_size tokens, and give the same tokens. With the KV cache
-        each new token costs one position while the text fits in block_size; past it the window slides,
-        which moves every token's position and context, so each further token is a full pass over the
-        window, as without the cache."""
+        The model sees a window of at most block_size tokens. When the text outgrows it, the window
+        jumps forward to keep the last block_size // 2 tokens and then grows again, instead of sliding
+        by one token: sliding moves every position, so a KV cache would have to be rebuilt for every
+        new token; jumping rebuilds it once per block_size // 2 tokens. Both paths use the same
+        window, so they give the same tokens."""
         block = self.cfg.block_size
-        cache = None
+        cache, start = None, 0  # start: first token of the visible window
         for _ in range(max_new_tokens):
+            if idx.size(1) - start > block:  # window full: keep its last half
+                start, cache = idx.size(1) - block // 2, None
             if not use_cache:
-                logits = self(idx[:, -block:])
-            elif cache is None or idx.size(1) > block:  # (re)fill the cache from the visible window
-                if cache is None:
-                    hs = self.cfg.n_embd // self.cfg.n_head
-                    cache = KVCache(self.cfg.n_layer, idx.size(0), self.cfg.n_head, block, hs,
-                                    idx.device, self.wte.weight.dtype)
-                cache.pos = 0
-                logits = self(idx[:, -block:], cache=cache)
+                logits = self(idx[:, start:])
+            elif cache is None:  # fill the cache from the visible window
+                hs = self.cfg.n_embd // self.cfg.n_head
+                cache = KVCache(self.cfg.n_layer, idx.size(0), self.cfg.n_head, block, hs,
+                                idx.device, self.wte.weight.dtype)
+                logits = self(idx[:, start:], cache=cache)
             else:
-                logits = self(idx[:, -1:], cache=cache)  # the cache holds idx[:, :-1]
+                logits = self(idx[:, -1:], cache=cache)  # the cache holds idx[:, start:-1]
             logits = logits.float()
             if temperature == 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)
