@@ -36,7 +36,7 @@ SIZES = {
 ALL_SWITCHES = dict(use_swiglu=True, use_rope=True, use_rmsnorm=True, use_warmup=True, use_cosine=True)
 
 
-def variants(device, compile_rows):
+def variants(compile_rows):
     """(label, overrides) of the training rows; the first is the reference the others are compared with."""
     rows = [("fp32 eager (reference)", dict(dtype="float32", compile=False)),
             ("default", dict(dtype="auto", compile=False)),
@@ -93,7 +93,7 @@ def bench_training(size_name, args, device):
     if size_name == "gpu" and not size["batch_size"]:
         size["batch_size"] = largest_batch(size, device, train.pick_dtype("auto", device))
         print(f"  largest batch that fits: {size['batch_size']}", flush=True)
-    rows = variants(device, args.compile)
+    rows = variants(args.compile)
     rates = {label: [] for label, _ in rows}
     mfus = {label: [] for label, _ in rows}
     round_medians = {label: [] for label, _ in rows}

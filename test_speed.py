@@ -55,7 +55,7 @@ def torchrun(nproc, corpus, out, **kw):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-           f"--master_addr=127.0.0.1", f"--master_port={port}", str(HERE / "train.py"),
+           "--master_addr=127.0.0.1", f"--master_port={port}", str(HERE / "train.py"),
            *[f"--{k}={v}" for k, v in args.items()]]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
