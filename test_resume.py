@@ -29,15 +29,6 @@ ODD_STEPS = [s for s in range(1, R) if s % 3 and s % 5 and s % 4]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # same math as the in-process runs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: the same float results in this process and in the subprocesses, and faster on small CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """36 short documents (R steps cross an epoch boundary) with unusable lines among the training ones."""

@@ -4,7 +4,6 @@ the KV cache, MFU. Run with: python -m pytest -q test_speed.py"""
 
 import json
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -17,34 +16,17 @@ import torch.nn.functional as F
 
 import train
 from train import Config, GPT, UserError
+from test_train import write_corpus
 
 HERE = Path(__file__).resolve().parent
-WORDS = ("the model learns which word follows another in a small corpus of plain sentences about "
-         "cats dogs trees rivers and the weather on a sunny or rainy day").split()
 DDP_ARGS = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=2, val_docs=2, eval_iters=1,
                 eval_interval=1000, log_interval=1, ckpt_interval=1000, device="cpu", dtype="float32",
                 dropout=0.0, learning_rate=3e-3, seed=7)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and on a busy 2-core machine much faster (no waits for a
-    descheduled second thread at every op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "corpus.jsonl"
-    rng = random.Random(0)
-    with open(path, "w") as f:
-        for _ in range(40):
-            words = [rng.choice(WORDS) for _ in range(rng.randint(10, 60))]
-            f.write(json.dumps({"text": " ".join(words) + "."}) + "\n")
-    return path
+    return write_corpus(tmp_path_factory.mktemp("data") / "corpus.jsonl", 40)
 
 
 def torchrun(nproc, corpus, out, **kw):
