@@ -58,6 +58,12 @@ def opt(default, help):
     return field(default=default, metadata={"help": help})
 
 
+def switch(help, shape, ablate=True):
+    """An ablation switch: a bool key use_<name>, off in the baseline. shape: it changes the model's
+    parameters (a checkpoint must agree on it); ablate: part of ablate.sh's default set of switches."""
+    return field(default=False, metadata={"help": help, "switch": True, "shape": shape, "ablate": ablate})
+
+
 @dataclass
 class Config:
     # data
@@ -74,12 +80,15 @@ class Config:
     dropout: float = opt(0.0, "dropout probability")
     bias: bool = opt(True, "biases in Linear and LayerNorm layers, as in GPT-2")
     rope_base: float = opt(10000.0, "RoPE base (only with use_rope)")
-    # the five switches
-    use_swiglu: bool = opt(False, "SwiGLU MLP instead of GELU (param-matched hidden size)")
-    use_rope: bool = opt(False, "rotary position embeddings instead of a learned position table")
-    use_rmsnorm: bool = opt(False, "RMSNorm instead of LayerNorm")
-    use_warmup: bool = opt(False, "linear learning-rate warmup over warmup_iters")
-    use_cosine: bool = opt(False, "cosine learning-rate decay to min_lr over the planned run")
+    # the switches: each is declared here once and acts in one visible `if`; ablate.sh, plot.py,
+    # the resume checks and the tests find them here (shape=True: it changes the model's parameters)
+    use_swiglu: bool = switch("SwiGLU MLP instead of GELU (param-matched hidden size)", shape=True)
+    use_rope: bool = switch("rotary position embeddings instead of a learned position table", shape=True)
+    use_rmsnorm: bool = switch("RMSNorm instead of LayerNorm", shape=True)
+    use_warmup: bool = switch("linear learning-rate warmup over warmup_iters", shape=False)
+    use_cosine: bool = switch("cosine learning-rate decay to min_lr over the planned run", shape=False)
+    use_qknorm: bool = switch("RMSNorm on each head's q and k before attention (QK-norm)", shape=True,
+                              ablate=False)
     # optimization
     batch_size: int = opt(1, "sequences per optimizer step")
     learning_rate: float = opt(6e-4, "peak (and, without switches, constant) learning rate")
@@ -106,9 +115,11 @@ class Config:
 
 
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# switch name -> its config key, in declaration order: {"swiglu": "use_swiglu", ...}
+SWITCHES = {f.name.removeprefix("use_"): f.name for f in CONFIG_FIELDS.values() if f.metadata.get("switch")}
 # Keys that fix the shape of the model: a checkpoint and the config must agree on them.
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "use_swiglu", "use_rope",
-              "use_rmsnorm", "rope_base")
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "rope_base") + tuple(
+    key for key in SWITCHES.values() if CONFIG_FIELDS[key].metadata["shape"])
 
 
 def coerce(key, value, where):
@@ -878,7 +889,10 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v for all heads
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
-        self.use_rope = cfg.use_rope
+        self.use_rope, self.use_qknorm = cfg.use_rope, cfg.use_qknorm
+        if cfg.use_qknorm:  # one learned gain per head dimension, shared by the heads
+            self.q_norm = nn.RMSNorm(cfg.n_embd // cfg.n_head, eps=1e-5)
+            self.k_norm = nn.RMSNorm(cfg.n_embd // cfg.n_head, eps=1e-5)
 
     def forward(self, x, rope=None, cache=None, layer=0):
         B, T, C = x.size()
@@ -886,6 +900,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.use_qknorm:  # bounded attention logits: q and k of each head get unit RMS (times a gain)
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # v is not rotated
@@ -1803,6 +1819,12 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(usage())
+        return 0
+    if argv == ["--list-switches"]:  # for ablate.sh: name, key, shape|schedule, default|optional, help
+        for name, key in SWITCHES.items():
+            meta = CONFIG_FIELDS[key].metadata
+            print(f"{name}\t{key}\t{'shape' if meta['shape'] else 'schedule'}\t"
+                  f"{'default' if meta['ablate'] else 'optional'}\t{meta['help']}")
         return 0
     try:
         cfg = parse_args(argv)
