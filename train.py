@@ -32,6 +32,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -52,10 +53,10 @@ class UserError(Exception):
 
 
 # -----------------------------------------------------------------------------
-# Configuration: typed defaults, config files of `key = value` lines, --key=value overrides
+# Configuration: every key with its type, default and meaning (python train.py --help lists them)
 
-def opt(default, help):
-    return field(default=default, metadata={"help": help})
+def opt(default, help, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 def switch(help, shape, ablate=True):
@@ -100,18 +101,24 @@ class Config:
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
     max_iters: int = opt(2000, "optimizer steps to run (the planned run length)")
     max_time: str = opt("", "wall-clock budget such as 4h, 30m, 90s or 1h30m; empty = none")
-    seed: int = opt(1337, "seed of the model init and of the training data order")
+    seed: int = opt(1337, "seed of the weights (each parameter from (seed, its name)), dropout and data order")
+    data_seed: int = opt(-1, "seed of the training data order; -1 = seed (set it to hold the order fixed across seeds)")
     # evaluation, logging, checkpoints
     eval_interval: int = opt(250, "evaluate every this many steps (and at step 0 and the end)")
     eval_iters: int = opt(20, "batches in a periodic evaluation; the final one uses the whole set")
     log_interval: int = opt(10, "log the train NLL every this many steps")
     ckpt_interval: int = opt(500, "save ckpt.pt every this many steps (and at the end)")
     keep_ckpts: int = opt(1, "keep the last K checkpoints: ckpt.pt and the K-1 before it as ckpt_<step>.pt")
-    resume: bool = opt(False, "continue the run in out_dir from its ckpt.pt")
+    resume: str = opt("false", "false: start afresh; true: continue from out_dir/ckpt.pt; auto: continue this "
+                              "run if out_dir holds its checkpoint, do nothing if it holds its results",
+                      choices=("false", "true", "auto"))
     # system
     device: str = opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    dtype: str = opt("auto", "auto, float32, bfloat16 or float16 (autocast precision)")
+    dtype: str = opt("auto", "autocast precision: auto, float32, bfloat16 or float16",
+                     choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = opt(False, "torch.compile the model")
+    fused_loss: bool = opt(True, "compute the loss without the fp32 (B*T, vocab) logits (same numbers, faster "
+                                 "on CPU, less memory); False = the plain F.cross_entropy on the logits")
 
 
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -122,6 +129,813 @@ MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "rope_base") 
     key for key in SWITCHES.values() if CONFIG_FIELDS[key].metadata["shape"])
 
 
+# -----------------------------------------------------------------------------
+# The model: minGPT (GPT-2) with one visible branch per switch
+
+def named_generator(seed, name):
+    """A CPU generator seeded by (seed, name): the same name draws the same numbers in every model."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def swiglu_hidden(n_embd):
+    """SwiGLU has three matrices to GELU's two: 3*h*d = 2*(4d)*d gives h = 8d/3, rounded to the nearest
+    multiple of 8 (d=768 -> 2048, Shazeer 2020's size; d=256 -> 680)."""
+    return 8 * round(8 * n_embd / 3 / 8)
+
+
+def rope_tables(head_dim, n_positions, base):
+    """cos and sin of the rotation angle pos * base^(-2i/head_dim), each (n_positions, head_dim/2)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(n_positions, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate pairs (x[i], x[i + head_dim/2]) by their angle (the half-split "NeoX" pairing).
+    x (B, nh, T, hs); cos, sin (T, hs/2)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def make_norm(cfg):
+    if cfg.use_rmsnorm:
+        # x / sqrt(mean(x^2) + eps) * weight: no mean subtraction, no bias. The residual stream it
+        # normalizes stays fp32 under autocast, so it computes in fp32.
+        return nn.RMSNorm(cfg.n_embd, eps=1e-5)
+    return nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v for all heads
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.use_rope, self.use_qknorm = cfg.use_rope, cfg.use_qknorm
+        if cfg.use_qknorm:  # one learned gain per head dimension, shared by the heads
+            self.q_norm = nn.RMSNorm(cfg.n_embd // cfg.n_head, eps=1e-5)
+            self.k_norm = nn.RMSNorm(cfg.n_embd // cfg.n_head, eps=1e-5)
+
+    def forward(self, x, rope=None, cache=None, layer=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.use_qknorm:  # bounded attention logits: q and k of each head get unit RMS (times a gain)
+            q, k = self.q_norm(q.float()).type_as(q), self.k_norm(k.float()).type_as(k)  # in fp32 under autocast
+        if self.use_rope:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # v is not rotated
+        mask, causal = None, True
+        if cache is not None:
+            p = cache.pos
+            cache.k[layer, :, :, p:p + T] = k
+            cache.v[layer, :, :, p:p + T] = v
+            k, v = cache.k[layer, :, :, :p + T], cache.v[layer, :, :, :p + T]
+            if p > 0:  # new queries see every cached key and the new keys up to their own position
+                causal = False
+                if T > 1:  # (one new query sees them all: no mask)
+                    mask = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.use_swiglu = cfg.use_swiglu
+        if cfg.use_swiglu:
+            hidden = swiglu_hidden(cfg.n_embd)
+            self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)  # gate
+            self.c_up = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        else:
+            hidden = 4 * cfg.n_embd
+            self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)  # same name: same scaled init
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        if self.use_swiglu:
+            h = F.silu(self.c_fc(x)) * self.c_up(x)
+        else:
+            h = F.gelu(self.c_fc(x), approximate="tanh")
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    """Pre-LN GPT-2 block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln_1 = make_norm(cfg)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = make_norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, rope=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+
+    def __init__(self, cfg, vocab_size=50257):
+        super().__init__()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.wte = nn.Embedding(vocab_size, cfg.n_embd)
+        if cfg.use_rope:
+            cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)  # derived, not saved
+            self.register_buffer("rope_sin", sin, persistent=False)
+        else:
+            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)  # learned absolute positions
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied input and output embeddings
+        self.init_weights(cfg.seed)
+
+    def init_weights(self, seed):
+        """GPT-2 init: weights N(0, 0.02), biases 0, norm gains 1; the residual projections (c_proj, also
+        SwiGLU's) N(0, 0.02/sqrt(2 n_layer)). Each weight draws from its own generator, seeded by (seed,
+        its name), so a module that two experiments share starts from the same numbers in both, whatever
+        modules the other one adds or drops (common random numbers: a paired comparison then measures
+        the change, not the luck of the draw)."""
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)) and module is not self.lm_head:  # lm_head is wte
+                std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if name.endswith("c_proj") else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std, generator=named_generator(seed, name))
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+
+    def num_params(self):
+        """Total parameters (tied weights once) and non-embedding ones (without the token and
+        position tables, as in Kaplan et al. 2020)."""
+        total = sum(p.numel() for p in self.parameters())
+        embedding = self.wte.weight.numel() + (0 if self.cfg.use_rope else self.wpe.weight.numel())
+        return {"total": total, "non_embedding": total - embedding}
+
+    def forward(self, idx, targets=None, cache=None, reduction="mean"):
+        """idx (B, T) -> the NLL of targets (B, T) if given (reduction mean, sum, or none: (B, T)), else the
+        logits of the last position (B, V)."""
+        B, T = idx.size()
+        start = cache.pos if cache is not None else 0
+        if start + T > self.cfg.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.cfg.block_size}")
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.cfg.use_rope:
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # (T, hs/2) each
+        else:
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        x = self.drop(x)
+        for layer, block in enumerate(self.h):
+            x = block(x, rope, cache, layer)
+        if cache is not None:
+            cache.pos += T
+        x = self.ln_f(x)
+        if targets is None:
+            return self.lm_head(x[:, -1, :])  # (B, V): only the next token is needed
+        if self.cfg.fused_loss:  # the same numbers without the fp32 (B*T, V) logits in memory
+            nll = linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), reduction)
+        else:
+            logits = self.lm_head(x)  # (B, T, V)
+            nll = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(-1), reduction=reduction)
+        return nll.view(B, T) if reduction == "none" else nll
+
+    def configure_optimizer(self, cfg, device_type):
+        """AdamW with weight decay on matrices (Linear weights, embeddings) only; biases and norm
+        weights (LayerNorm or RMSNorm) are not decayed."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                                 fused=device_type in ("cuda", "cpu"))  # on CPU 7x faster than for-each
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
+        """Continue idx (B, T) by max_new_tokens sampled tokens (greedy when temperature is 0).
+        The model sees a window of at most block_size tokens. When the text outgrows it, the window
+        jumps forward to keep the last block_size // 2 tokens and then grows again, instead of sliding
+        by one token: sliding moves every position, so a KV cache would have to be rebuilt for every
+        new token; jumping rebuilds it once per block_size // 2 tokens. Both paths use the same
+        window, so they give the same tokens."""
+        block = self.cfg.block_size
+        cache, start = None, 0  # start: first token of the visible window
+        for _ in range(max_new_tokens):
+            if idx.size(1) - start > block:  # window full: keep its last half
+                start, cache = idx.size(1) - block // 2, None
+            if not use_cache:
+                logits = self(idx[:, start:])
+            elif cache is None:  # fill the cache from the visible window
+                hs = self.cfg.n_embd // self.cfg.n_head
+                cache = KVCache(self.cfg.n_layer, idx.size(0), self.cfg.n_head, block, hs,
+                                idx.device, self.wte.weight.dtype)
+                logits = self(idx[:, start:], cache=cache)
+            else:
+                logits = self(idx[:, -1:], cache=cache)  # the cache holds idx[:, start:-1]
+            logits = logits.float()
+            if temperature == 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat([idx, nxt], dim=1)
+        return idx
+
+
+# -----------------------------------------------------------------------------
+# Learning-rate schedule
+
+def get_lr(step, cfg, horizon):
+    """Learning rate of optimizer step `step` (0-based) in a run planned to last `horizon` steps."""
+    if cfg.use_warmup and step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_iters  # linear, > 0 at the first step
+    if cfg.use_cosine:
+        start = cfg.warmup_iters if cfg.use_warmup else 0  # no hidden warmup when warmup is off
+        progress = min(1.0, max(0.0, (step - start) / max(1, horizon - start)))  # clamped: no climb back
+        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+    return cfg.learning_rate
+
+
+# -----------------------------------------------------------------------------
+# The training loop
+
+def train(cfg, stop=None, ddp=None):
+    """Run (or resume) one training run; returns the results dict also written to results.json.
+    ddp: this process's Distributed (default: from the environment; one process without torchrun)."""
+    run = Run(cfg, stop or StopFlag(), ddp or Distributed())  # set-up: data, model, optimizer, resume
+    if run.finished:  # --resume=auto found this run's results.json: nothing to do
+        return run.finished
+    model, optimizer, scaler = run.model, run.optimizer, run.scaler
+    try:
+        reason = run.stop_reason()  # the one stop condition: max_iters, the time budget or a signal
+        while reason is None:
+            lr = get_lr(run.step, cfg, run.horizon)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = run.next_batch()  # (B, T) token ids and their next tokens
+            with run.autocast:
+                loss = run.train_model(x, y)  # mean NLL of the batch
+            scaler.scale(loss).backward()  # (float16 only: a loss scale against underflow; else a no-op)
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            run.step += 1
+            run.tokens += x.numel() * run.ddp.world  # every process trained on as many
+            reason = run.stop_reason()
+            run.after_step(loss, lr, reason)  # log, evaluate, checkpoint; on a signal: save and exit 75
+    except BaseException:  # an error, a NaN, a stop signal: let go of the data workers, the log, the handlers
+        run.close()
+        raise
+    return run.finish(reason)  # final evaluation on the whole validation set, checkpoint, results.json
+
+
+class StopFlag:
+    """SIGTERM, SIGUSR1 (SLURM's warning before the time limit) and a first Ctrl-C ask the loop to save
+    a checkpoint at the next step boundary and exit with EXIT_PREEMPTED; a second Ctrl-C exits at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+    def __init__(self):
+        self.signal = None
+
+    def install(self):
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
+
+    def uninstall(self):
+        for sig, handler in getattr(self, "previous", {}).items():
+            signal.signal(sig, handler)
+
+    def handle(self, signum, frame):
+        if signum == signal.SIGINT and self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        again = " (Ctrl-C again exits at once, without saving)" if signum == signal.SIGINT else ""
+        try:  # os.write, not print: print may fail as a reentrant call if the loop was printing
+            os.write(2, f"\n{self.signal}: saving a checkpoint at the end of this step, then exiting{again}\n"
+                     .encode())
+        except OSError:
+            pass
+
+    def requested(self, step):
+        """The signal's name if the run should stop after `step`, else None."""
+        return self.signal
+
+
+# Keys that make two runs the same run (besides MODEL_KEYS): --resume=auto continues only such a run.
+RUN_KEYS = ("data_path", "seed", "data_seed", "batch_size", "val_docs", "min_chars")
+
+
+def config_value(config, key):
+    """A key of a saved config (a dict), or its default when the config is older than the key."""
+    return config.get(key, CONFIG_FIELDS[key].default)
+
+
+class Run:
+    """The state of one training run around train()'s loop: set-up (out_dir, resume, data, model,
+    optimizer, the planned length), the data stream, the log, evaluations, checkpoints, the stop
+    condition and the results. Rank 0 alone writes files."""
+
+    def __init__(self, cfg, stop, ddp):
+        self.cfg, self.stop, self.ddp = cfg, stop, ddp
+        self.out = Path(cfg.out_dir)
+        self.ckpt_path, self.log_path = self.out / "ckpt.pt", self.out / "log.txt"
+        self.max_time = parse_duration(cfg.max_time)
+        self.finished = None
+        check_writable(self.out)
+        ckpt = self.checkpoint_to_resume()
+        if self.finished:
+            return
+        b = build(cfg, ddp)  # device, precision, data, model, optimizer
+        self.__dict__.update(vars(b))
+        self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
+        self.times = {"eval": 0.0, "ckpt": 0.0, "probe": 0.0}  # seconds not spent training, all attempts
+        self.horizon = cfg.max_iters  # planned run length: the cosine decays over it
+        self.last_good, window, data_state = None, (0.0, 0), None
+        if ckpt is not None:
+            self.restore(ckpt)
+            window, data_state = ckpt["loss_window"], ckpt["data"]
+        self.loss_sum, self.loss_count = torch.tensor(float(window[0]), device=self.device), int(window[1])
+        data_state = ddp.rank_state(ckpt, self.n_train, cfg.seed, data_state)  # each process's own share
+        self.stream = TrainStream(self.ds, self.n_train, data_seed(cfg), cfg.batch_size, cfg.block_size,
+                                  cfg.num_workers, data_state, pin=self.device_type == "cuda",
+                                  rank=ddp.rank, world_size=ddp.world)
+        self.saved_step = ckpt["step"] if ckpt is not None else None  # step of this run's ckpt.pt
+        self.open_log(ckpt)
+        self.t_start = time.time()
+        if ckpt is None and self.max_time is not None:
+            self.plan_horizon()
+        self.flops_token, (self.peak, peak_from) = flops_per_token(self.model), peak_flops(self.device, self.dtype)
+        print(f"speed: {self.flops_token / 1e6:,.1f} MFLOP per token; peak {self.peak / 1e12:,.2f} TFLOP/s "
+              f"per device ({peak_from})")
+        if ckpt is None:
+            self.evaluate(self.val_periodic)
+        self.t_window, self.tokens_window, self.overhead_window = time.time(), self.tokens, self.overhead()
+        self.stop.install()
+
+    # --- set-up ---------------------------------------------------------------------------------
+    def checkpoint_to_resume(self):
+        """The checkpoint this run continues from, or None for a fresh start, following --resume:
+        false: none; true: out_dir/ckpt.pt, which must exist; auto: out_dir's checkpoint if it is of this
+        same run (a foreign one is refused), none if there is none; and if out_dir holds this run's
+        results.json the run is already finished (self.finished)."""
+        cfg = self.cfg
+        if cfg.resume == "false":
+            return None
+        if cfg.resume == "auto":
+            results = read_results(self.out / "results.json")
+            same = MODEL_KEYS + RUN_KEYS + ("max_iters", "max_time")
+            if results and all(config_value(results["config"], k) == getattr(cfg, k) for k in same):
+                print(f"{self.out}: this run already finished (val nll {results.get('val_nll')}); nothing to do")
+                self.finished = results
+                return None
+            if not self.ckpt_path.is_file():
+                return None
+        elif not self.ckpt_path.is_file():
+            raise UserError(f"--resume=True but there is no checkpoint at {self.ckpt_path}")
+        ckpt = load_checkpoint(self.ckpt_path, "cpu")
+        missing = [k for k in ("optimizer", "step", "tokens", "elapsed", "horizon", "data", "loss_window", "rng")
+                   if k not in ckpt]
+        if missing:
+            raise UserError(f"checkpoint {self.ckpt_path} holds no training state to resume from "
+                            f"(missing: {', '.join(missing)})")
+        saved = ckpt["config"]
+        differ = [k for k in MODEL_KEYS if config_value(saved, k) != getattr(cfg, k)]
+        if differ:  # every model-shape key that disagrees, named
+            has = ", ".join(f"{k}={config_value(saved, k)!r}" for k in differ)
+            says = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in differ)
+            raise UserError(f"checkpoint {self.ckpt_path} has {has} but the config says {says}")
+        changed = [k for k in RUN_KEYS if config_value(saved, k) != getattr(cfg, k)]
+        if changed and cfg.resume == "auto":
+            raise UserError(f"{self.out} holds the checkpoint of another run ("
+                            + ", ".join(f"{k}={config_value(saved, k)!r}, not {getattr(cfg, k)!r}" for k in changed)
+                            + "): use another out_dir, or --resume=True to continue it anyway")
+        for key in changed:
+            print(f"warning: {key} changed since the checkpoint "
+                  f"({config_value(saved, key)!r} -> {getattr(cfg, key)!r}): the resumed run is not exact")
+        return ckpt
+
+    def restore(self, ckpt):
+        """Continue from a checkpoint: weights, optimizer, counters, schedule, RNG."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step, self.tokens, self.elapsed_before = ckpt["step"], ckpt["tokens"], ckpt["elapsed"]
+        self.horizon, self.last_good = ckpt["horizon"], ckpt.get("last_good")
+        self.times.update(ckpt.get("times", {}))
+        if self.cfg.max_iters != ckpt["config"]["max_iters"] and self.max_time is None:
+            print(f"warning: max_iters changed to {self.cfg.max_iters}: the cosine horizon moves with it")
+            self.horizon = self.cfg.max_iters
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])  # float16's loss scale, so a resumed run is exact
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if self.device_type == "cuda" and ckpt["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+    def open_log(self, ckpt):
+        """log.txt, one JSON event per line. On resume it is cut back to the checkpoint's step (steps
+        never repeat); a fresh run replaces the log and the older checkpoints of the run it replaces."""
+        if not self.ddp.is_main:
+            self.log_path = Path(os.devnull)  # rank 0 alone writes the log
+        elif ckpt is not None and self.log_path.is_file():
+            kept = [r for r in read_log(self.log_path) if r.get("step", 0) <= self.step]
+            tmp = self.log_path.with_name("log.txt.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, self.log_path)
+        elif ckpt is None:
+            self.log_path.unlink(missing_ok=True)
+            for old in self.out.glob("ckpt_*.pt"):
+                old.unlink()
+        self.log_file = open(self.log_path, "a", buffering=1)
+        if ckpt is None:
+            self.log("start", config=dataclasses.asdict(self.cfg), params=self.params, horizon=self.horizon,
+                     device=self.device, dtype=self.dtype)
+        else:
+            self.log("resume", tokens=self.tokens, elapsed=round(self.elapsed_before, 3))
+
+    def plan_horizon(self):
+        """max_time: the number of steps that fit in the budget, known before the first step (a short
+        timed probe on random tokens), so the cosine decays over the run from the start."""
+        t0 = time.time()
+        step_s, eval_s = measure_step_time(self)
+        self.times["probe"] += time.time() - t0
+        left = self.max_time - self.elapsed()
+        steps = steps_within(left, step_s, eval_s, len(self.val) / max(1, len(self.val_periodic)),
+                             self.cfg.eval_interval)
+        self.horizon = self.ddp.agree(min(self.cfg.max_iters, steps))  # rank 0's clock decides
+        if self.horizon == 0:
+            raise UserError(f"max_time {self.cfg.max_time} leaves no time for a training step ({step_s:.2f} s per "
+                            f"step, {eval_s:.2f} s per periodic evaluation, the final one {len(self.val)} windows): "
+                            "raise max_time or lower val_docs")
+        print(f"max_time {self.cfg.max_time}: {step_s:.3f} s per step, {eval_s:.2f} s per periodic evaluation "
+              f"-> planned run length {self.horizon} steps")
+        self.log("horizon", horizon=self.horizon, step_s=step_s, eval_s=eval_s)
+
+    # --- during the run -------------------------------------------------------------------------
+    def log(self, event, **row):
+        self.log_file.write(json.dumps({"event": event, "step": self.step, **row}) + "\n")
+
+    def elapsed(self):
+        """Seconds of this run so far, all attempts together."""
+        return self.elapsed_before + time.time() - self.t_start
+
+    def overhead(self):
+        return sum(self.times.values())
+
+    def next_batch(self):
+        x, y = self.stream.next_batch()
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def stop_reason(self):
+        """'max_iters', 'max_time', a signal's name, or None to go on; the same on every process."""
+        cfg, why = self.cfg, None
+        if self.ddp.is_main:  # rank 0's clock decides for all
+            if self.step >= cfg.max_iters:
+                why = "max_iters"
+            elif self.max_time is not None and (self.step >= self.horizon or self.elapsed() >= self.max_time):
+                why = "max_time"
+        return self.ddp.first(self.stop.requested(self.step) or why)  # a signal to any process stops all
+
+    def after_step(self, loss, lr, reason):
+        """Every log_interval steps: the train NLL (the one host-device sync); every eval_interval: a
+        validation estimate; every ckpt_interval or on a signal: a checkpoint (a signal then exits 75)."""
+        cfg, step = self.cfg, self.step
+        self.loss_sum += loss.detach()  # stays on the device until the next log step
+        self.loss_count += 1
+        if step % cfg.log_interval == 0 or reason:
+            self.log_train(lr)
+        if step % cfg.eval_interval == 0 and not reason:  # the final evaluation covers the end
+            self.evaluate(self.val_periodic)
+        signalled = reason not in (None, "max_iters", "max_time")
+        if (step % cfg.ckpt_interval == 0 and not reason) or signalled:
+            self.checkpoint()
+        if signalled:
+            self.log("stopped", signal=reason)
+            print(f"stopped by {reason} at step {step}; checkpoint saved to {self.ckpt_path}. "
+                  f"Run the same command with --resume=True (or auto) to continue.")
+            raise SystemExit(EXIT_PREEMPTED)
+
+    def log_train(self, lr):
+        train_nll = (self.ddp.mean(self.loss_sum) / self.loss_count).item()
+        self.check_finite(train_nll)
+        self.last_good = (self.step, train_nll)
+        now, overhead = time.time(), self.overhead()
+        seconds = max(1e-9, now - self.t_window - (overhead - self.overhead_window))  # training time only
+        rate = (self.tokens - self.tokens_window) / seconds
+        self.t_window, self.tokens_window, self.overhead_window = now, self.tokens, overhead
+        mfu = rate * self.flops_token / (self.peak * self.ddp.world)  # model FLOPs utilization
+        self.log("train", tokens=self.tokens, elapsed=round(self.elapsed(), 3), lr=lr, train_nll=train_nll,
+                 tokens_per_s=round(rate, 1), mfu=round(mfu, 4))
+        target = self.horizon if self.max_time is not None else self.cfg.max_iters
+        eta = (target - self.step) * self.cfg.batch_size * self.cfg.block_size * self.ddp.world / max(rate, 1e-9)
+        if self.max_time is not None:
+            eta = min(eta, max(0.0, self.max_time - self.elapsed()))
+        print(f"step {self.step}/{target} | train nll {train_nll:.4f} | lr {lr:.2e} | "
+              f"{rate:,.0f} tok/s | mfu {mfu:.1%} | eta {format_seconds(eta)}", flush=True)
+        self.loss_sum, self.loss_count = torch.zeros((), device=self.device), 0
+
+    def evaluate(self, windows):
+        """Validation NLL of the windows (rank 0 evaluates), logged with its standard error over windows."""
+        t0 = time.time()
+        nll, bpb, se = (evaluate(self.model, windows, self.cfg.batch_size, self.device, self.autocast,
+                                 self.byte_lengths) if self.ddp.is_main else (math.nan, math.nan, math.nan))
+        self.times["eval"] += time.time() - t0
+        self.log("eval", tokens=self.tokens, elapsed=round(self.elapsed(), 3),
+                 lr=get_lr(max(0, self.step - 1), self.cfg, self.horizon), val_nll=nll, val_nll_se=se,
+                 val_bpb=bpb, windows=len(windows))
+        print(f"step {self.step}: val nll {nll:.4f} ± {se:.4f} (standard error over {len(windows)} windows), "
+              f"{bpb:.4f} bits/byte")
+        return nll, bpb, se
+
+    def check_finite(self, value):
+        if not math.isfinite(value):
+            self.diverged(f"train loss is {value} at step {self.step}")
+
+    def diverged(self, what):
+        good = f" (last finite train loss: {self.last_good[1]:.4f} at step {self.last_good[0]})" if self.last_good else ""
+        where = (f"{self.ckpt_path} (step {self.saved_step}) is the last good checkpoint, untouched"
+                 if self.saved_step is not None else "no checkpoint of this run was saved before it")
+        msg = (f"{what}{good}; {where}. Try a lower learning_rate, use_warmup=True, a smaller grad_clip "
+               "or dtype=float32 (resume from the checkpoint with --resume=True and the new setting)")
+        self.log("nan", message=msg)
+        raise FloatingPointError(msg)
+
+    def checkpoint(self):
+        """Save everything a resumed run needs to continue exactly (rank 0 writes; the others wait)."""
+        t0 = time.time()
+        window_sum = self.ddp.mean(self.loss_sum).item()
+        if self.loss_count:
+            self.check_finite(window_sum)  # never save a checkpoint of a diverged model
+        if not torch.stack([p.isfinite().all() for p in self.model.parameters()]).all():
+            self.diverged(f"a model weight is not finite after step {self.step}")
+        ranks = self.ddp.gather({"data": self.stream.state_dict(), "rng": torch.get_rng_state()})
+        if self.ddp.is_main:
+            keep = (self.out / f"ckpt_{self.saved_step}.pt"
+                    if self.cfg.keep_ckpts > 1 and self.saved_step not in (None, self.step) else None)
+            self.times["ckpt"] += time.time() - t0
+            save_checkpoint(self.ckpt_path, {
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "config": dataclasses.asdict(self.cfg), "step": self.step, "tokens": self.tokens,
+                "elapsed": self.elapsed(), "times": dict(self.times), "horizon": self.horizon,
+                "data": self.stream.state_dict(), "params": self.params,
+                "loss_window": (window_sum, self.loss_count), "last_good": self.last_good,
+                "scaler": self.scaler.state_dict(), **({"ranks": ranks} if self.ddp.enabled else {}),
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if self.device_type == "cuda" else []}},
+                keep_as=keep)
+            t0 = time.time()
+            prune_checkpoints(self.out, self.cfg.keep_ckpts)
+        self.saved_step = self.step
+        self.ddp.barrier()  # none exits mid-save
+        self.times["ckpt"] += time.time() - t0
+
+    def close(self):  # (twice is fine)
+        self.stop.uninstall()
+        self.stream.close()
+        self.log_file.close()
+
+    # --- the end --------------------------------------------------------------------------------
+    def finish(self, reason):
+        """The whole validation set, a final checkpoint, results.json. A signal during the final
+        evaluation does not stop it (the run is as good as done)."""
+        self.stream.close()
+        try:
+            nll, bpb, se = self.evaluate(self.val)
+            self.checkpoint()
+        finally:
+            self.close()
+        wall = self.elapsed()
+        train_time = max(1e-9, wall - self.overhead())
+        results = {"val_nll": nll, "val_nll_se": se, "val_bpb": bpb,
+                   "train_nll": self.last_good[1] if self.last_good else None,
+                   "params": self.params, "steps": self.step, "tokens": self.tokens, "horizon": self.horizon,
+                   "stopped_by": reason, "wall_time": wall, "train_time": train_time,
+                   "eval_time": self.times["eval"], "ckpt_time": self.times["ckpt"], "probe_time": self.times["probe"],
+                   "tokens_per_s": self.tokens / train_time,  # training throughput
+                   "mfu": self.tokens / train_time * self.flops_token / (self.peak * self.ddp.world),
+                   "peak_flops": self.peak, "skipped_lines": self.stream.skipped, "device": self.device,
+                   "dtype": self.dtype, "world_size": self.ddp.world, "config": dataclasses.asdict(self.cfg)}
+        if self.ddp.is_main:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps({"event": "end", "step": self.step, "tokens": self.tokens,
+                                    "elapsed": round(wall, 3), "val_nll": nll}) + "\n")
+            tmp = self.out / "results.json.tmp"
+            tmp.write_text(json.dumps(results, indent=2) + "\n")
+            os.replace(tmp, self.out / "results.json")
+        print(f"done: {self.step} steps, {self.tokens:,} tokens in {format_seconds(wall)} "
+              f"({format_seconds(train_time)} training, {results['tokens_per_s']:,.0f} tok/s; "
+              f"{format_seconds(self.times['eval'])} evaluating); val nll {nll:.4f} ± {se:.4f} "
+              f"({bpb:.4f} bits/byte); results in {self.out / 'results.json'}")
+        return results
+
+
+# -----------------------------------------------------------------------------
+# main
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage())
+        return 0
+    if argv == ["--list-switches"]:  # for ablate.sh: name, key, shape|schedule, default|optional, help
+        for name, key in SWITCHES.items():
+            meta = CONFIG_FIELDS[key].metadata
+            print(f"{name}\t{key}\t{'shape' if meta['shape'] else 'schedule'}\t"
+                  f"{'default' if meta['ablate'] else 'optional'}\t{meta['help']}")
+        return 0
+    try:
+        steps_in = [a.partition("=")[2] for a in argv if a.startswith("--steps-in=")]
+        cfg = parse_args([a for a in argv if not a.startswith("--steps-in=")])
+        if steps_in:  # for ablate.sh --budget: how many steps of this config fit in a duration here
+            print(steps_for_duration(cfg, steps_in[-1]))
+            return 0
+        with Distributed() as ddp:  # torchrun's processes; stdout only from rank 0
+            train(cfg, ddp=ddp)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NAN
+    except OSError as e:  # a file that vanished, a full disk while writing the log or results
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+# =============================================================================
+# Plumbing. Nothing below changes what is trained: reading configs, the tokenizer, the data
+# pipeline, the demo corpus, the fused loss, checkpoints, speed, several processes.
+# =============================================================================
+
+# -----------------------------------------------------------------------------
+# Set-up of a run: device, precision, data, model, optimizer
+
+def build(cfg, ddp):
+    """Everything a run needs before its first step, as a namespace: device, dtype and autocast context,
+    data (dataset, training lines, validation windows), model, optimizer, loss scaler, and the model that
+    the training step calls (DDP and torch.compile around it, when asked)."""
+    device = ddp.device(cfg.device)
+    ddp.start(device)
+    device_type = device.split(":")[0]
+    dtype = pick_dtype(cfg.dtype, device)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    # data
+    files = resolve_data_paths(cfg.data_path)
+    ds = JSONLDataset(files, cfg.min_chars)
+    n_train, val_texts, val_skipped = split_validation(ds, cfg.val_docs)
+    val = validation_windows(val_texts, cfg.block_size)
+    if len(val) == 0:
+        raise UserError(f"the {cfg.val_docs} validation documents hold fewer than block_size+1 = "
+                        f"{cfg.block_size + 1} tokens; raise --val_docs")
+    n_periodic = min(len(val), cfg.eval_iters * cfg.batch_size)
+    val_periodic = val[np.linspace(0, len(val) - 1, n_periodic).round().astype(np.int64)]
+    print(f"data: {len(ds):,} lines in {len(files)} file(s); {n_train:,} training lines, "
+          f"{cfg.val_docs} validation documents = {len(val)} windows of {cfg.block_size} tokens "
+          f"({val.numel() - len(val):,} tokens)" + (f"; skipped at the end: {val_skipped}" if val_skipped else ""))
+    # model and optimizer
+    torch.manual_seed(cfg.seed)  # dropout; the weights have their own generators (GPT.init_weights)
+    model = GPT(cfg).to(device)
+    params = model.num_params()
+    print(f"model: {params['total']:,} parameters ({params['non_embedding']:,} non-embedding); "
+          f"device {device}, {dtype}; batch {cfg.batch_size} x {cfg.block_size} tokens"
+          + (f" per process x {ddp.world} processes = global batch {cfg.batch_size * ddp.world} x "
+             f"{cfg.block_size} tokens" if ddp.enabled else ""))
+    train_model = ddp.wrap(model, device)  # DDP with several processes
+    train_model = torch.compile(train_model) if cfg.compile else train_model
+    return SimpleNamespace(
+        cfg=cfg, ddp=ddp, device=device, device_type=device_type, dtype=dtype, autocast=autocast_context(device, dtype),
+        ds=ds, n_train=n_train, val=val, val_periodic=val_periodic, byte_lengths=token_byte_lengths(),
+        model=model, params=params, optimizer=model.configure_optimizer(cfg, device_type),
+        scaler=torch.amp.GradScaler(enabled=dtype == "float16"), train_model=train_model)
+
+
+def data_seed(cfg):
+    return cfg.seed if cfg.data_seed < 0 else cfg.data_seed
+
+
+def check_writable(out):
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_test{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"out_dir {out} is not writable: {e.strerror or e}") from None
+
+
+def read_results(path):
+    """A finished run's results.json as a dict, or None (missing, unreadable, not ours)."""
+    try:
+        results = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) and isinstance(results.get("config"), dict) else None
+
+
+def prune_checkpoints(out, keep_ckpts):
+    """Keep the newest keep_ckpts-1 of the ckpt_<step>.pt files kept beside ckpt.pt."""
+    older = sorted((int(m[1]), p) for p in out.glob("ckpt_*.pt") if (m := re.fullmatch(r"ckpt_(\d+)\.pt", p.name)))
+    for _, p in older[:max(0, len(older) - (keep_ckpts - 1))]:
+        p.unlink(missing_ok=True)
+
+
+# -----------------------------------------------------------------------------
+# Time budgets: a duration becomes a step count before the first step
+
+def measure_step_time(b, min_seconds=2.0):
+    """(seconds per training step, seconds per periodic evaluation) of this model on this device, timed
+    on random tokens after three warm-up steps (which also compile). The weights, the RNG and the real
+    optimizer are left as they were: the probe steps a throwaway optimizer and the weights are restored."""
+    cfg, model = b.cfg, b.model
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    cuda = b.device_type == "cuda"
+    cuda_rng = torch.cuda.get_rng_state_all() if cuda else None
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    optimizer = model.configure_optimizer(cfg, b.device_type)
+    scaler = torch.amp.GradScaler(enabled=b.dtype == "float16")
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, model.vocab_size, (cfg.batch_size, cfg.block_size + 1), generator=g)
+    x, y = tokens[:, :-1].contiguous().to(b.device), tokens[:, 1:].contiguous().to(b.device)
+
+    def steps(n):
+        for _ in range(n):
+            with b.autocast:
+                loss = b.train_model(x, y)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        sync()
+
+    steps(3)
+    n, done, t0 = 1, 0, time.perf_counter()
+    while True:
+        steps(n)
+        done += n
+        seconds = time.perf_counter() - t0
+        if seconds >= min_seconds or done >= 200:
+            break
+        n = done  # double the count each round
+    step_s = seconds / done
+    t0 = time.perf_counter()
+    if b.ddp.is_main:  # rank 0 evaluates
+        evaluate(model, b.val_periodic, cfg.batch_size, b.device, b.autocast, b.byte_lengths)
+    eval_s = time.perf_counter() - t0
+    model.load_state_dict(saved)
+    torch.set_rng_state(rng)
+    if cuda:
+        torch.cuda.set_rng_state_all(cuda_rng)
+    return step_s, eval_s
+
+
+def steps_within(seconds, step_s, eval_s, final_evals, eval_interval):
+    """Steps that fit in `seconds` with a periodic evaluation (eval_s) every eval_interval steps and a
+    final evaluation as long as final_evals periodic ones."""
+    per_step = step_s + eval_s / eval_interval
+    return max(0, int((seconds - eval_s * final_evals) / per_step))
+
+
+def steps_for_duration(cfg, duration):
+    """`train.py ... --steps-in=4h`: the step count of this configuration that fits in the duration on
+    this device (training and evaluations; start-up excluded), printed for ablate.sh --budget, which
+    gives every arm of an ablation the same count (that of its slowest arm)."""
+    seconds = parse_duration(duration, "--steps-in")
+    if seconds is None:
+        raise UserError(f"--steps-in needs a duration such as 4h, 30m or 90s, got '{duration}'")
+    b = build(cfg, Distributed({}))
+    step_s, eval_s = measure_step_time(b)
+    steps = min(cfg.max_iters, steps_within(seconds, step_s, eval_s, len(b.val) / max(1, len(b.val_periodic)),
+                                            cfg.eval_interval))
+    print(f"{step_s:.4f} s per step, {eval_s:.2f} s per periodic evaluation: {steps} steps in {duration}",
+          file=sys.stderr)
+    return steps
+# -----------------------------------------------------------------------------
+# Config files and the command line: `key = value` files and --key=value overrides, type-checked
+
 def coerce(key, value, where):
     """Check (and, for strings from the command line, parse) one value against its key's type."""
     if key not in CONFIG_FIELDS:
@@ -130,6 +944,13 @@ def coerce(key, value, where):
         raise UserError(f"unknown config key '{key}' in {where}{hint}")
     typ = CONFIG_FIELDS[key].type
     typ = {"bool": bool, "int": int, "float": float, "str": str}.get(typ, typ)
+    choices = CONFIG_FIELDS[key].metadata.get("choices")
+    if choices:  # one of a few words; True/False (and 1/0) where those are among them
+        text = str(value).strip().lower() if isinstance(value, (str, bool)) else {1: "true", 0: "false"}.get(value)
+        text = {"1": "true", "0": "false"}.get(text, text)
+        if text not in choices:
+            raise UserError(f"{key} in {where} expects one of {', '.join(choices)}, got {value!r}")
+        return text
     bad = UserError(f"{key} in {where} expects {typ.__name__}, got {value!r}")
     if isinstance(value, str) and typ is not str:
         text = value.strip()
@@ -187,7 +1008,8 @@ def parse_args(argv):
             key, eq, value = arg[2:].partition("=")
             key = key.replace("-", "_")
             if not eq:
-                if key in CONFIG_FIELDS and CONFIG_FIELDS[key].type in (bool, "bool"):
+                if key in CONFIG_FIELDS and (CONFIG_FIELDS[key].type in (bool, "bool")
+                                             or "true" in (CONFIG_FIELDS[key].metadata.get("choices") or ())):
                     value = "True"  # --use_rope alone means --use_rope=True
                 else:
                     raise UserError(f"expected --key=value, got '{arg}'")
@@ -216,12 +1038,13 @@ def check_config(cfg):
         raise UserError(f"warmup_iters must be > 0 with use_warmup, got {cfg.warmup_iters}")
     if cfg.num_workers < 0 or cfg.min_chars < 0:
         raise UserError("num_workers and min_chars must be >= 0")
-    if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise UserError(f"dtype must be auto, float32, bfloat16 or float16, got '{cfg.dtype}'")
+    for key, f in CONFIG_FIELDS.items():  # Config(...) made in code, not through coerce
+        if f.metadata.get("choices") and getattr(cfg, key) not in f.metadata["choices"]:
+            raise UserError(f"{key} must be one of {', '.join(f.metadata['choices'])}, got {getattr(cfg, key)!r}")
     parse_duration(cfg.max_time)
 
 
-def parse_duration(text):
+def parse_duration(text, what="max_time"):
     """'4h', '30m', '90s', '1h30m', '2.5h' or a number of seconds -> seconds (None when empty)."""
     text = text.strip().lower()
     if text in ("", "0", "none"):
@@ -229,7 +1052,7 @@ def parse_duration(text):
     parts = re.fullmatch(r"((?:\d+(?:\.\d*)?[hms]?)+)", text)
     pieces = re.findall(r"(\d+(?:\.\d*)?)([hms]?)", text) if parts else []
     if not pieces or (len(pieces) > 1 and not all(unit for _, unit in pieces)):
-        raise UserError(f"max_time expects a duration like 4h, 30m, 90s or 1h30m, got '{text}'")
+        raise UserError(f"{what} expects a duration like 4h, 30m, 90s or 1h30m, got '{text}'")
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[unit] for n, unit in pieces)
 
 
@@ -693,10 +1516,13 @@ class StreamOrder(torch.utils.data.Sampler):
 
 
 class TrainStream:
-    """Packs training documents, in DocumentOrder, into batches of batch_size windows of block_size+1
-    tokens (no padding, nothing dropped). Its state (epoch, place in the order, leftover tokens) is the
-    exact data position: the order depends only on the data and the seed, never on the worker count,
-    the switches or the evaluation settings."""
+    """Packs training documents, in DocumentOrder, into batches of batch_size rows of block_size+1 tokens
+    (no padding, nothing dropped). Each row is a stream of its own: the next document in the order goes
+    to the row with the fewest tokens waiting, so a batch holds pieces of about batch_size different
+    documents rather than one long document cut into consecutive windows (less noise per step). A row's
+    last target is its next first input. The state (epoch, place in the order, each row's waiting
+    tokens) is the exact data position: the order depends only on the data and the data seed, never on
+    the worker count, the switches or the evaluation settings."""
 
     def __init__(self, ds, n_train, seed, batch_size, block_size, num_workers=0, state=None, pin=False,
                  rank=0, world_size=1):
@@ -707,16 +1533,18 @@ class TrainStream:
         self.n_docs = len(range(rank, n_train, world_size))  # this process's documents per epoch
         self.batch_size, self.block_size, self.num_workers, self.pin = batch_size, block_size, num_workers, pin
         self.epoch, self.pos = int(state.get("epoch", 0)), int(state.get("pos", 0))
-        leftover = state.get("leftover")
-        self.pieces = [np.asarray(leftover, dtype=np.uint16)] if leftover is not None else []
-        self.n_buffered = sum(len(p) for p in self.pieces)
+        rows = state.get("rows") or ([state["leftover"]] if state.get("leftover") is not None else [])
+        rows = [np.asarray(r, dtype=np.uint16) for r in rows][:batch_size]
+        rows += [np.zeros(0, np.uint16)] * (batch_size - len(rows))
+        self.pieces = [[r] for r in rows]  # per row: token arrays waiting to be used
+        self.counts = [len(r) for r in rows]  # per row: tokens waiting
         self.skipped = dict(state.get("skipped", {}))
         self.tokens_this_epoch = int(state.get("tokens_this_epoch", 0))
         self.loader = None
 
     def state_dict(self):
-        leftover = np.concatenate(self.pieces) if self.pieces else np.zeros(0, np.uint16)
-        return {"epoch": self.epoch, "pos": self.pos, "leftover": torch.from_numpy(leftover.astype(np.int32)),
+        rows = [np.concatenate(p) if p else np.zeros(0, np.uint16) for p in self.pieces]
+        return {"epoch": self.epoch, "pos": self.pos, "rows": [torch.from_numpy(r.astype(np.int32)) for r in rows],
                 "skipped": dict(self.skipped), "tokens_this_epoch": self.tokens_this_epoch}
 
     def _documents(self):
@@ -735,32 +1563,36 @@ class TrainStream:
         for group in loader:
             yield from group
 
-    def next_batch(self):
-        """-> x, y: (batch_size, block_size) int64 tensors; y is x shifted by one token."""
-        need = self.batch_size * self.block_size + 1
+    def next_document(self):
+        """The tokens of the next document in the order (empty for an unusable line)."""
         if self.loader is None:
             self.loader = self._documents()
-        while self.n_buffered < need:
-            tokens, why = next(self.loader)
-            self.pos += 1
-            if why and self.epoch == 0:  # count each unusable line once, on the first pass
-                self.skipped[why] = self.skipped.get(why, 0) + 1
-            elif len(tokens):
-                self.pieces.append(tokens)
-                self.n_buffered += len(tokens)
-                self.tokens_this_epoch += len(tokens)
-            if self.pos == self.n_docs:
-                if self.tokens_this_epoch == 0:
-                    raise UserError(f"no usable training document in {self.n_train} lines "
-                                    f"(skipped: {self.skipped})")
-                self.epoch, self.pos, self.tokens_this_epoch = self.epoch + 1, 0, 0
-        buf = np.concatenate(self.pieces) if len(self.pieces) > 1 else self.pieces[0]
-        cut = need - 1
-        chunk = torch.from_numpy(buf[:need].astype(np.int64))
-        self.pieces = [buf[cut:]]  # the last target is the next batch's first input
-        self.n_buffered = len(buf) - cut
-        x = chunk[:-1].view(self.batch_size, self.block_size)
-        y = chunk[1:].view(self.batch_size, self.block_size)
+        tokens, why = next(self.loader)
+        self.pos += 1
+        if why and self.epoch == 0:  # count each unusable line once, on the first pass
+            self.skipped[why] = self.skipped.get(why, 0) + 1
+        self.tokens_this_epoch += len(tokens)
+        if self.pos == self.n_docs:
+            if self.tokens_this_epoch == 0:
+                raise UserError(f"no usable training document in {self.n_train} lines (skipped: {self.skipped})")
+            self.epoch, self.pos, self.tokens_this_epoch = self.epoch + 1, 0, 0
+        return tokens
+
+    def next_batch(self):
+        """-> x, y: (batch_size, block_size) int64 tensors; y is x shifted by one token."""
+        need = self.block_size + 1
+        while min(self.counts) < need:
+            tokens = self.next_document()
+            if len(tokens):
+                r = int(np.argmin(self.counts))  # the emptiest row (the first of equals) takes it
+                self.pieces[r].append(tokens)
+                self.counts[r] += len(tokens)
+        batch = np.empty((self.batch_size, need), dtype=np.int64)
+        for r, pieces in enumerate(self.pieces):
+            buf = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+            batch[r] = buf[:need]
+            self.pieces[r], self.counts[r] = [buf[self.block_size:]], len(buf) - self.block_size
+        x, y = torch.from_numpy(batch[:, :-1].copy()), torch.from_numpy(batch[:, 1:].copy())
         if self.pin:
             x, y = x.pin_memory(), y.pin_memory()
         return x, y
@@ -778,9 +1610,10 @@ DEMO_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages"
 
 
 def demo_corpus_path():
-    """data/demo.jsonl beside train.py (built on first use), or in the cache folder if read-only."""
+    """data/demo-v2.jsonl beside train.py (built on first use), or in the cache folder if read-only.
+    (v2: a module's documentation and its source are one document, so none has a twin across the split.)"""
     for folder in (ROOT / "data", cache_root() / "data"):
-        path = folder / "demo.jsonl"
+        path = folder / "demo-v2.jsonl"
         if path.is_file():
             return path
         try:
@@ -804,10 +1637,34 @@ def module_documentation(name, tree):
     return "\n\n".join(p for p in parts if p).strip() if any(parts[1:]) else ""
 
 
+def drop_near_duplicates(docs, share=0.3, n=8):
+    """Keep a document only if under `share` of its n-word shingles (runs of n words) come from any one
+    document kept before it, and it holds under `share` of that one's: the standard library has families
+    of near-copies (the encodings/cp*.py tables; help topics quoted inside larger ones) that would let
+    validation text be memorized from training text."""
+    owners, sizes, kept = {}, [], []  # shingle -> the kept documents it is in (the first 16)
+    for doc in docs:
+        words = re.findall(r"\w+", doc[0])
+        shingles = {hash(tuple(words[i:i + n])) for i in range(max(1, len(words) - n + 1))}
+        counts = {}
+        for sh in shingles:
+            for k in owners.get(sh, ()):
+                counts[k] = counts.get(k, 0) + 1
+        if any(c >= share * min(len(shingles), sizes[k]) for k, c in counts.items()):
+            continue
+        for sh in shingles:
+            if len(owners.setdefault(sh, [])) < 16:
+                owners[sh].append(len(kept))
+        sizes.append(len(shingles))
+        kept.append(doc)
+    return kept
+
+
 def build_demo_corpus(path):
-    """A Pile-format JSONL from the installed standard library: its help topics, module documentation
-    and source files, each labelled in meta.pile_set_name, in a fixed shuffled order (so the last
-    val_docs documents are a mix of all three)."""
+    """A Pile-format JSONL from the installed standard library: its help topics and its modules (each
+    module's documentation followed by its source, as ONE document: the documentation is extracted from
+    the source, so as two documents one could be trained on and the other validated on), labelled in
+    meta.pile_set_name, in a fixed shuffled order (so the last val_docs documents are a mix of both)."""
     import random
     import sysconfig
     print(f"building the demo corpus from the Python standard library into {path} ...")
@@ -828,9 +1685,10 @@ def build_demo_corpus(path):
         except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
             continue
         name = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
-        docs.append((source, "PythonSource", str(rel)))
-        docs.append((module_documentation(name, tree), "PythonModuleDocs", name))
-    docs = [d for d in docs if d[0].strip()]
+        documentation = module_documentation(name, tree)
+        docs.append(((documentation + "\n\n" if documentation else "") + f"# {rel}\n" + source,
+                     "PythonModule", str(rel)))
+    docs = drop_near_duplicates([d for d in docs if d[0].strip()])
     random.Random(0).shuffle(docs)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as out:
@@ -842,122 +1700,7 @@ def build_demo_corpus(path):
 
 
 # -----------------------------------------------------------------------------
-# The model: minGPT (GPT-2) with one visible branch per switch
-
-def swiglu_hidden(n_embd):
-    """SwiGLU has three matrices to GELU's two: 3*h*d = 2*(4d)*d gives h = 8d/3, rounded to the nearest
-    multiple of 8 (d=768 -> 2048, Shazeer 2020's size; d=256 -> 680)."""
-    return 8 * round(8 * n_embd / 3 / 8)
-
-
-def rope_tables(head_dim, n_positions, base):
-    """cos and sin of the rotation angle pos * base^(-2i/head_dim), each (n_positions, head_dim/2)."""
-    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(n_positions, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x, cos, sin):
-    """Rotate pairs (x[i], x[i + head_dim/2]) by their angle (the half-split "NeoX" pairing).
-    x (B, nh, T, hs); cos, sin (T, hs/2)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
-
-
-def make_norm(cfg):
-    if cfg.use_rmsnorm:
-        # x / sqrt(mean(x^2) + eps) * weight: no mean subtraction, no bias. The residual stream it
-        # normalizes stays fp32 under autocast, so it computes in fp32.
-        return nn.RMSNorm(cfg.n_embd, eps=1e-5)
-    return nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-
-
-class KVCache:
-    """Keys and values of every layer for incremental decoding: (n_layer, B, nh, max_len, hs) each."""
-
-    def __init__(self, n_layer, batch, n_head, max_len, head_dim, device, dtype):
-        self.k = torch.zeros(n_layer, batch, n_head, max_len, head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
-        self.pos = 0  # tokens already cached
-
-
-class CausalSelfAttention(nn.Module):
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.n_head, self.dropout = cfg.n_head, cfg.dropout
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v for all heads
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
-        self.use_rope, self.use_qknorm = cfg.use_rope, cfg.use_qknorm
-        if cfg.use_qknorm:  # one learned gain per head dimension, shared by the heads
-            self.q_norm = nn.RMSNorm(cfg.n_embd // cfg.n_head, eps=1e-5)
-            self.k_norm = nn.RMSNorm(cfg.n_embd // cfg.n_head, eps=1e-5)
-
-    def forward(self, x, rope=None, cache=None, layer=0):
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        if self.use_qknorm:  # bounded attention logits: q and k of each head get unit RMS (times a gain)
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.use_rope:
-            cos, sin = rope
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # v is not rotated
-        mask, causal = None, True
-        if cache is not None:
-            p = cache.pos
-            cache.k[layer, :, :, p:p + T] = k
-            cache.v[layer, :, :, p:p + T] = v
-            k, v = cache.k[layer, :, :, :p + T], cache.v[layer, :, :, :p + T]
-            if p > 0:  # new queries see every cached key and the new keys up to their own position
-                causal = False
-                if T > 1:  # (one new query sees them all: no mask)
-                    mask = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
-
-
-class MLP(nn.Module):
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.use_swiglu = cfg.use_swiglu
-        if cfg.use_swiglu:
-            hidden = swiglu_hidden(cfg.n_embd)
-            self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)  # gate
-            self.c_up = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
-        else:
-            hidden = 4 * cfg.n_embd
-            self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
-        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)  # same name: same scaled init
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x):
-        if self.use_swiglu:
-            h = F.silu(self.c_fc(x)) * self.c_up(x)
-        else:
-            h = F.gelu(self.c_fc(x), approximate="tanh")
-        return self.dropout(self.c_proj(h))
-
-
-class Block(nn.Module):
-    """Pre-LN GPT-2 block: x + attn(norm(x)), then x + mlp(norm(x))."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.ln_1 = make_norm(cfg)
-        self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = make_norm(cfg)
-        self.mlp = MLP(cfg)
-
-    def forward(self, x, rope=None, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), rope, cache, layer)
-        return x + self.mlp(self.ln_2(x))
-
+# The fused loss and the KV cache: speed, not part of the lesson (GPT.forward shows the plain loss)
 
 class LinearCrossEntropy(torch.autograd.Function):
     """Summed NLL of targets under softmax(x @ weight.T), and its gradient, without F.cross_entropy's
@@ -996,137 +1739,31 @@ class LinearCrossEntropy(torch.autograd.Function):
 def linear_cross_entropy(x, weight, targets, reduction="mean"):
     """F.cross_entropy(F.linear(x, weight).float(), targets, reduction=...) for x (N, C), weight (V, C),
     targets (N,): LinearCrossEntropy when a gradient is needed (float16 keeps the plain path: its
-    unscaled softmax would underflow), a chunked loss-only pass otherwise (evaluation)."""
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be mean or sum, got {reduction!r}")
+    unscaled softmax would underflow), a chunked loss-only pass otherwise (evaluation; reduction none
+    gives the (N,) NLLs)."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
     fp16 = torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type) == torch.float16
     if fp16 or torch.compiler.is_compiling():  # torch.compile fuses the plain version itself
         return F.cross_entropy(F.linear(x, weight).float(), targets, reduction=reduction)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        if reduction == "none":
+            raise ValueError("reduction none is for evaluation (no gradient)")
         nll = LinearCrossEntropy.apply(x, weight, targets)
-    else:
-        rows = max(1, (2**22 if x.device.type == "cpu" else 2**26) // weight.size(0))
-        nll = sum(F.cross_entropy(F.linear(x[i:i + rows], weight).float(), targets[i:i + rows], reduction="sum")
-                  for i in range(0, x.size(0), rows))
-    return nll / targets.numel() if reduction == "mean" else nll
+        return nll / targets.numel() if reduction == "mean" else nll
+    rows = max(1, (2**22 if x.device.type == "cpu" else 2**26) // weight.size(0))
+    nll = torch.cat([F.cross_entropy(F.linear(x[i:i + rows], weight).float(), targets[i:i + rows], reduction="none")
+                     for i in range(0, x.size(0), rows)])
+    return {"none": nll, "sum": nll.sum(), "mean": nll.mean()}[reduction]
 
 
-class GPT(nn.Module):
+class KVCache:
+    """Keys and values of every layer for incremental decoding: (n_layer, B, nh, max_len, hs) each."""
 
-    def __init__(self, cfg, vocab_size=50257):
-        super().__init__()
-        self.cfg, self.vocab_size = cfg, vocab_size
-        self.wte = nn.Embedding(vocab_size, cfg.n_embd)
-        if cfg.use_rope:
-            cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base)
-            self.register_buffer("rope_cos", cos, persistent=False)  # derived, not saved
-            self.register_buffer("rope_sin", sin, persistent=False)
-        else:
-            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)  # learned absolute positions
-        self.drop = nn.Dropout(cfg.dropout)
-        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = make_norm(cfg)
-        self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied input and output embeddings
-        # GPT-2 init: N(0, 0.02), zero biases; residual projections scaled by 1/sqrt(2 * n_layer)
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-    def num_params(self):
-        """Total parameters (tied weights once) and non-embedding ones (without the token and
-        position tables, as in Kaplan et al. 2020)."""
-        total = sum(p.numel() for p in self.parameters())
-        embedding = self.wte.weight.numel() + (0 if self.cfg.use_rope else self.wpe.weight.numel())
-        return {"total": total, "non_embedding": total - embedding}
-
-    def forward(self, idx, targets=None, cache=None, reduction="mean"):
-        """idx (B, T) -> the NLL of targets (B, T) if given, else the logits of the last position (B, V)."""
-        B, T = idx.size()
-        start = cache.pos if cache is not None else 0
-        if start + T > self.cfg.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.cfg.block_size}")
-        x = self.wte(idx)  # (B, T, C)
-        rope = None
-        if self.cfg.use_rope:
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # (T, hs/2) each
-        else:
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
-        x = self.drop(x)
-        for layer, block in enumerate(self.h):
-            x = block(x, rope, cache, layer)
-        if cache is not None:
-            cache.pos += T
-        x = self.ln_f(x)
-        if targets is None:
-            return self.lm_head(x[:, -1, :])  # (B, V): only the next token is needed
-        # = F.cross_entropy(self.lm_head(x).float(), targets), without materializing the fp32 logits
-        return linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), reduction)
-
-    def configure_optimizer(self, cfg, device_type):
-        """AdamW with weight decay on matrices (Linear weights, embeddings) only; biases and norm
-        weights (LayerNorm or RMSNorm) are not decayed."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                                 fused=device_type in ("cuda", "cpu"))  # on CPU 7x faster than for-each
-
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
-        """Continue idx (B, T) by max_new_tokens sampled tokens (greedy when temperature is 0).
-        The model sees a window of at most block_size tokens. When the text outgrows it, the window
-        jumps forward to keep the last block_size // 2 tokens and then grows again, instead of sliding
-        by one token: sliding moves every position, so a KV cache would have to be rebuilt for every
-        new token; jumping rebuilds it once per block_size // 2 tokens. Both paths use the same
-        window, so they give the same tokens."""
-        block = self.cfg.block_size
-        cache, start = None, 0  # start: first token of the visible window
-        for _ in range(max_new_tokens):
-            if idx.size(1) - start > block:  # window full: keep its last half
-                start, cache = idx.size(1) - block // 2, None
-            if not use_cache:
-                logits = self(idx[:, start:])
-            elif cache is None:  # fill the cache from the visible window
-                hs = self.cfg.n_embd // self.cfg.n_head
-                cache = KVCache(self.cfg.n_layer, idx.size(0), self.cfg.n_head, block, hs,
-                                idx.device, self.wte.weight.dtype)
-                logits = self(idx[:, start:], cache=cache)
-            else:
-                logits = self(idx[:, -1:], cache=cache)  # the cache holds idx[:, start:-1]
-            logits = logits.float()
-            if temperature == 0:
-                nxt = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k:
-                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                    logits[logits < v[:, [-1]]] = -float("inf")
-                nxt = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-            idx = torch.cat([idx, nxt], dim=1)
-        return idx
-
-
-# -----------------------------------------------------------------------------
-# Learning-rate schedule
-
-def get_lr(step, cfg, horizon):
-    """Learning rate of optimizer step `step` (0-based) in a run planned to last `horizon` steps."""
-    if cfg.use_warmup and step < cfg.warmup_iters:
-        return cfg.learning_rate * (step + 1) / cfg.warmup_iters  # linear, > 0 at the first step
-    if cfg.use_cosine:
-        start = cfg.warmup_iters if cfg.use_warmup else 0  # no hidden warmup when warmup is off
-        progress = min(1.0, max(0.0, (step - start) / max(1, horizon - start)))  # clamped: no climb back
-        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
-    return cfg.learning_rate
+    def __init__(self, n_layer, batch, n_head, max_len, head_dim, device, dtype):
+        self.k = torch.zeros(n_layer, batch, n_head, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.pos = 0  # tokens already cached
 
 
 # -----------------------------------------------------------------------------
@@ -1257,18 +1894,22 @@ def format_seconds(s):
 
 @torch.no_grad()
 def evaluate(model, windows, batch_size, device, ctx, byte_lengths):
-    """Mean NLL (nats/token) and bits per byte of the given validation windows (n, T+1)."""
+    """(mean NLL in nats/token, bits per byte, standard error of the mean NLL over windows) of the
+    validation windows (n, T+1). The standard error is the evaluation's own noise: how much the number
+    would move with another sample of windows of the same text."""
     model.eval()
-    total_nll, total_tokens, total_bytes = 0.0, 0, 0
+    per_window, total_bytes = [], 0
     for i in range(0, len(windows), batch_size):
         w = windows[i:i + batch_size]
         x, y = w[:, :-1].to(device), w[:, 1:].to(device)
         with ctx:
-            total_nll += model(x, y, reduction="sum").item()
-        total_tokens += y.numel()
+            per_window.append(model(x, y, reduction="none").float().mean(dim=1).double().cpu())  # (b,)
         total_bytes += int(byte_lengths[w[:, 1:].numpy()].sum())
     model.train()
-    return total_nll / total_tokens, total_nll / math.log(2) / max(1, total_bytes)
+    nll = torch.cat(per_window)  # every window has T targets: the mean over windows is the mean over tokens
+    se = (nll.std() / math.sqrt(len(nll))).item() if len(nll) > 1 else math.nan
+    total_nll = nll.sum().item() * (windows.size(1) - 1)
+    return nll.mean().item(), total_nll / math.log(2) / max(1, total_bytes), se
 
 
 # -----------------------------------------------------------------------------
@@ -1495,354 +2136,6 @@ class Distributed:
         return {"epoch": epoch, "pos": len(range(self.rank, start, self.world)),
                 "skipped": dict(ranks[0]["data"].get("skipped", {}))}
 
-
-# -----------------------------------------------------------------------------
-# Training
-
-class StopFlag:
-    """SIGTERM, SIGUSR1 (SLURM's warning before the time limit) and a first Ctrl-C ask the loop to save
-    a checkpoint at the next step boundary and exit with EXIT_PREEMPTED; a second Ctrl-C exits at once."""
-
-    def __init__(self):
-        self.signal = None
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-
-    def install(self):
-        self.previous = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
-
-    def uninstall(self):
-        for sig, handler in getattr(self, "previous", {}).items():
-            signal.signal(sig, handler)
-
-    def handle(self, signum, frame):
-        if signum == signal.SIGINT and self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-        again = " (Ctrl-C again exits at once, without saving)" if signum == signal.SIGINT else ""
-        try:  # os.write, not print: print may fail as a reentrant call if the loop was printing
-            os.write(2, f"\n{self.signal}: saving a checkpoint at the end of this step, then exiting{again}\n"
-                     .encode())
-        except OSError:
-            pass
-
-    def requested(self, step):
-        """The signal's name if the run should stop after `step`, else None."""
-        return self.signal
-
-
-def train(cfg, stop=None, ddp=None):
-    """Run (or resume) one training run; returns the results dict also written to results.json.
-    ddp: this process's Distributed (default: from the environment; one process without torchrun)."""
-    stop = stop or StopFlag()
-    ddp = ddp or Distributed()
-    out = Path(cfg.out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_test{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"out_dir {out} is not writable: {e.strerror or e}") from None
-    ckpt_path, log_path = out / "ckpt.pt", out / "log.txt"
-    if not ddp.is_main:
-        log_path = Path(os.devnull)  # rank 0 alone writes the log
-    max_time = parse_duration(cfg.max_time)
-    device = ddp.device(cfg.device)
-    ddp.start(device)
-    device_type = device.split(":")[0]
-    dtype = pick_dtype(cfg.dtype, device)
-    ctx = autocast_context(device, dtype)
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    ckpt = None
-    if cfg.resume:
-        if not ckpt_path.is_file():
-            raise UserError(f"--resume=True but there is no checkpoint at {ckpt_path}")
-        ckpt = load_checkpoint(ckpt_path, "cpu")
-        missing = [k for k in ("optimizer", "step", "tokens", "elapsed", "horizon", "horizon_estimated",
-                               "data", "loss_window", "rng") if k not in ckpt]
-        if missing:
-            raise UserError(f"checkpoint {ckpt_path} holds no training state to resume from "
-                            f"(missing: {', '.join(missing)})")
-        differ = [k for k in MODEL_KEYS if k in ckpt["config"] and ckpt["config"][k] != getattr(cfg, k)]
-        if differ:  # every model-shape key that disagrees, named
-            has = ", ".join(f"{k}={ckpt['config'][k]!r}" for k in differ)
-            says = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in differ)
-            raise UserError(f"checkpoint {ckpt_path} has {has} but the config says {says}")
-        for key in ("data_path", "seed", "batch_size", "val_docs", "min_chars"):
-            if ckpt["config"].get(key) != getattr(cfg, key):
-                print(f"warning: {key} changed since the checkpoint "
-                      f"({ckpt['config'].get(key)!r} -> {getattr(cfg, key)!r}): the resumed run is not exact")
-
-    # data
-    files = resolve_data_paths(cfg.data_path)
-    ds = JSONLDataset(files, cfg.min_chars)
-    n_train, val_texts, val_skipped = split_validation(ds, cfg.val_docs)
-    val = validation_windows(val_texts, cfg.block_size)
-    if len(val) == 0:
-        raise UserError(f"the {cfg.val_docs} validation documents hold fewer than block_size+1 = "
-                        f"{cfg.block_size + 1} tokens; raise --val_docs")
-    byte_lengths = token_byte_lengths()
-    n_periodic = min(len(val), cfg.eval_iters * cfg.batch_size)
-    val_periodic = val[np.linspace(0, len(val) - 1, n_periodic).round().astype(np.int64)]
-    print(f"data: {len(ds):,} lines in {len(files)} file(s); {n_train:,} training lines, "
-          f"{cfg.val_docs} validation documents = {len(val)} windows of {cfg.block_size} tokens "
-          f"({val.numel() - len(val):,} tokens)" + (f"; skipped at the end: {val_skipped}" if val_skipped else ""))
-
-    # model and optimizer
-    torch.manual_seed(cfg.seed)
-    model = GPT(cfg).to(device)
-    params = model.num_params()
-    optimizer = model.configure_optimizer(cfg, device_type)
-    step, tokens, elapsed_before = 0, 0, 0.0
-    horizon = cfg.max_iters  # with max_time: replaced by an estimate once the speed is measured
-    horizon_estimated, data_state = max_time is None, None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, tokens, elapsed_before = ckpt["step"], ckpt["tokens"], ckpt["elapsed"]
-        horizon, data_state = ckpt["horizon"], ckpt["data"]
-        horizon_estimated = ckpt["horizon_estimated"]
-        if cfg.max_iters != ckpt["config"]["max_iters"] and max_time is None:
-            print(f"warning: max_iters changed to {cfg.max_iters}: the cosine horizon moves with it")
-            horizon = cfg.max_iters
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device_type == "cuda" and ckpt["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    scaler = torch.amp.GradScaler(enabled=dtype == "float16")
-    if ckpt is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])  # float16's loss scale, so a resumed run is exact
-    data_state = ddp.rank_state(ckpt, n_train, cfg.seed, data_state)  # each process's own share
-    train_model = ddp.wrap(model, device)  # DDP with several processes
-    train_model = torch.compile(train_model) if cfg.compile else train_model
-    stream = TrainStream(ds, n_train, cfg.seed, cfg.batch_size, cfg.block_size, cfg.num_workers,
-                         data_state, pin=device_type == "cuda", rank=ddp.rank, world_size=ddp.world)
-
-    # log: on resume drop what the killed run logged after its checkpoint, so steps never repeat
-    if ckpt is not None and log_path.is_file():
-        kept = [r for r in read_log(log_path) if r.get("step", 0) <= step]
-        tmp = log_path.with_name("log.txt.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, log_path)
-    elif log_path.is_file():
-        log_path.unlink()
-    if ckpt is None and ddp.is_main:  # a fresh run: older checkpoints kept by keep_ckpts belong to the run it replaces
-        for old in out.glob("ckpt_*.pt"):
-            old.unlink()
-    log_file = open(log_path, "a", buffering=1)
-
-    def log(event, **row):
-        log_file.write(json.dumps({"event": event, "step": step, **row}) + "\n")
-
-    t_start = time.time()
-    eval_seconds = 0.0  # duration of a periodic evaluation, for the max_time horizon
-
-    def elapsed():
-        return elapsed_before + time.time() - t_start
-
-    saved_step = ckpt["step"] if ckpt is not None else None  # step of this run's ckpt.pt, if any
-
-    def checkpoint(loss_window=(0.0, 0), last_good=None):
-        nonlocal saved_step
-        if not torch.stack([p.isfinite().all() for p in model.parameters()]).all():
-            diverged(f"a model weight is not finite after step {step}")  # never save a diverged model
-        ranks = ddp.gather({"data": stream.state_dict(), "rng": torch.get_rng_state()})  # every process's place
-        if not ddp.is_main:  # rank 0 writes; the others wait until it has, so none exits mid-save
-            saved_step = step
-            return ddp.barrier()
-        keep = out / f"ckpt_{saved_step}.pt" if cfg.keep_ckpts > 1 and saved_step not in (None, step) else None
-        save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
-            "step": step, "tokens": tokens, "elapsed": elapsed(), "horizon": horizon,
-            "horizon_estimated": horizon_estimated,
-            "data": stream.state_dict(), "params": params, "loss_window": loss_window,
-            "last_good": last_good, "scaler": scaler.state_dict(), **({"ranks": ranks} if ddp.enabled else {}),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if device_type == "cuda" else []}}, keep_as=keep)
-        saved_step = step
-        ddp.barrier()
-        older = sorted((int(m[1]), p) for p in out.glob("ckpt_*.pt")
-                       if (m := re.fullmatch(r"ckpt_(\d+)\.pt", p.name)))
-        for _, p in older[:max(0, len(older) - (cfg.keep_ckpts - 1))]:  # keep the newest keep_ckpts-1
-            p.unlink(missing_ok=True)
-
-    def eval_and_log(windows):
-        nonlocal eval_seconds
-        t0 = time.time()
-        val_nll, val_bpb = (evaluate(model, windows, cfg.batch_size, device, ctx, byte_lengths) if ddp.is_main
-                            else (math.nan, math.nan))  # rank 0 evaluates
-        log("eval", tokens=tokens, elapsed=round(elapsed(), 3), lr=get_lr(max(0, step - 1), cfg, horizon),
-            val_nll=val_nll, val_bpb=val_bpb)
-        print(f"step {step}: val nll {val_nll:.4f}, {val_bpb:.4f} bits/byte")
-        if windows is val_periodic:
-            eval_seconds = time.time() - t0
-        return val_nll, val_bpb
-
-    if ckpt is None:
-        log("start", config=dataclasses.asdict(cfg), params=params, horizon=horizon, device=device, dtype=dtype)
-    else:
-        log("resume", tokens=tokens, elapsed=round(elapsed_before, 3))
-    print(f"model: {params['total']:,} parameters ({params['non_embedding']:,} non-embedding); "
-          f"device {device}, {dtype}; batch {cfg.batch_size} x {cfg.block_size} tokens"
-          + (f" per process x {ddp.world} processes = global batch {cfg.batch_size * ddp.world} x "
-             f"{cfg.block_size} tokens" if ddp.enabled else ""))
-    flops_token, (peak, peak_from) = flops_per_token(model), peak_flops(device, dtype)
-    print(f"speed: {flops_token / 1e6:,.1f} MFLOP per token; peak {peak / 1e12:,.2f} TFLOP/s per device ({peak_from})")
-    if ckpt is None:
-        eval_and_log(val_periodic)
-
-    stop.install()
-    window = ckpt["loss_window"] if ckpt is not None else (0.0, 0)  # train NLL of steps not logged yet
-    loss_sum, loss_count = torch.tensor(float(window[0]), device=device), int(window[1])
-    last_good = ckpt.get("last_good") if ckpt is not None else None
-    t_window, tokens_window = time.time(), tokens
-    t_probe, probe_step, probe_from = None, 0, step + 10  # skip the first (slow, compiling) steps
-
-    def diverged(what):
-        good = f" (last finite train loss: {last_good[1]:.4f} at step {last_good[0]})" if last_good else ""
-        where = (f"{ckpt_path} (step {saved_step}) is the last good checkpoint, untouched"
-                 if saved_step is not None else "no checkpoint of this run was saved before it")
-        msg = (f"{what}{good}; {where}. Try a lower learning_rate, use_warmup=True, a smaller grad_clip "
-               "or dtype=float32 (resume from the checkpoint with --resume=True and the new setting)")
-        log("nan", message=msg)
-        raise FloatingPointError(msg)
-
-    def check_finite(value):
-        if not math.isfinite(value):
-            diverged(f"train loss is {value} at step {step}")
-
-    model.train()
-    try:
-        while True:
-            stopped_by = ddp.agree("max_iters" if step >= cfg.max_iters else  # rank 0's clock decides
-                                   "max_time" if max_time is not None and (elapsed() >= max_time or step >= horizon)
-                                   else None)
-            if stopped_by:
-                break
-            lr = get_lr(step, cfg, horizon)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = stream.next_batch()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with ctx:
-                loss = train_model(x, y)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens += x.numel() * ddp.world  # every process trained on as many
-            loss_sum += loss.detach()  # stays on the device: no sync until the next log step
-            loss_count += 1
-
-            # a time budget becomes a step count once the speed is known, so the cosine can finish
-            if max_time is not None and not horizon_estimated:
-                if t_probe is None and step >= probe_from:
-                    t_probe, probe_step = time.time(), step
-                elif t_probe is not None and step == probe_step + 20:
-                    per_step = (time.time() - t_probe) / 20 + eval_seconds / cfg.eval_interval
-                    left = max_time - elapsed() - eval_seconds * len(val) / max(1, len(val_periodic))
-                    horizon = ddp.agree(min(cfg.max_iters, step + max(0, int(left / per_step))))
-                    horizon_estimated = True
-                    print(f"max_time {cfg.max_time}: planned run length {horizon} steps")
-                    log("horizon", horizon=horizon)
-
-            ending = ddp.agree(step >= cfg.max_iters or (max_time is not None and (elapsed() >= max_time
-                                                                                    or step >= horizon)))
-            if step % cfg.log_interval == 0 or ending:
-                train_nll = (ddp.mean(loss_sum) / loss_count).item()  # the one host-device sync
-                check_finite(train_nll)
-                last_good = (step, train_nll)
-                now = time.time()
-                rate = (tokens - tokens_window) / max(1e-9, now - t_window)
-                t_window, tokens_window = now, tokens
-                mfu = rate * flops_token / (peak * ddp.world)  # model FLOPs utilization of the devices
-                log("train", tokens=tokens, elapsed=round(elapsed(), 3), lr=lr, train_nll=train_nll,
-                    tokens_per_s=round(rate, 1), mfu=round(mfu, 4))
-                target = horizon if max_time is not None else cfg.max_iters
-                eta = (target - step) * cfg.batch_size * cfg.block_size / max(rate, 1e-9)
-                if max_time is not None:
-                    eta = min(eta, max(0.0, max_time - elapsed()))
-                print(f"step {step}/{target} | train nll {train_nll:.4f} | lr {lr:.2e} | "
-                      f"{rate:,.0f} tok/s | mfu {mfu:.1%} | eta {format_seconds(eta)}", flush=True)
-                loss_sum, loss_count = torch.zeros((), device=device), 0
-            if step % cfg.eval_interval == 0 and not ending:  # the final evaluation covers the end
-                eval_and_log(val_periodic)
-            stop_signal = ddp.first(stop.requested(step))  # a signal to any process stops them all
-            if (step % cfg.ckpt_interval == 0 and not ending) or stop_signal:
-                window_sum = ddp.mean(loss_sum).item()
-                if loss_count:
-                    check_finite(window_sum)  # never save a checkpoint of a diverged model
-                checkpoint((window_sum, loss_count), last_good)
-            if stop_signal:
-                log("stopped", signal=stop_signal)
-                print(f"stopped by {stop_signal} at step {step}; checkpoint saved to {ckpt_path}. "
-                      f"Run the same command with --resume=True to continue.")
-                raise SystemExit(EXIT_PREEMPTED)
-    finally:
-        if not stopped_by:  # an error or a stop; after a normal end the handlers stay through the final
-            stop.uninstall()  # evaluation (which can be long), so a signal there cannot kill the run
-        stream.close()
-        log_file.flush()
-
-    # the end: full validation set, final checkpoint, results
-    try:
-        val_nll, val_bpb = eval_and_log(val)
-        checkpoint(last_good=last_good)
-    finally:
-        stop.uninstall()
-    wall = elapsed()
-    results = {"val_nll": val_nll, "val_bpb": val_bpb, "train_nll": last_good[1] if last_good else None,
-               "params": params, "steps": step, "tokens": tokens, "wall_time": wall,
-               "tokens_per_s": tokens / max(wall, 1e-9), "horizon": horizon, "stopped_by": stopped_by,
-               "skipped_lines": stream.skipped, "device": device, "dtype": dtype,
-               "mfu": tokens / max(wall, 1e-9) * flops_token / (peak * ddp.world), "peak_flops": peak,
-               "world_size": ddp.world, "config": dataclasses.asdict(cfg)}
-    log("end", tokens=tokens, elapsed=round(wall, 3), val_nll=val_nll)
-    log_file.close()
-    if ddp.is_main:
-        tmp = out / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(tmp, out / "results.json")
-    print(f"done: {step} steps, {tokens:,} tokens in {format_seconds(wall)}; val nll {val_nll:.4f} "
-          f"({val_bpb:.4f} bits/byte); results in {out / 'results.json'}")
-    return results
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(usage())
-        return 0
-    if argv == ["--list-switches"]:  # for ablate.sh: name, key, shape|schedule, default|optional, help
-        for name, key in SWITCHES.items():
-            meta = CONFIG_FIELDS[key].metadata
-            print(f"{name}\t{key}\t{'shape' if meta['shape'] else 'schedule'}\t"
-                  f"{'default' if meta['ablate'] else 'optional'}\t{meta['help']}")
-        return 0
-    try:
-        cfg = parse_args(argv)
-        with Distributed() as ddp:  # torchrun's processes; stdout only from rank 0
-            train(cfg, ddp=ddp)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except FloatingPointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_NAN
-    except OSError as e:  # a file that vanished, a full disk while writing the log or results
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
 
 
 if __name__ == "__main__":
