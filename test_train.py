@@ -342,14 +342,34 @@ def stream_batches(corpus, n, **kw):
 
 def test_packing_drops_and_pads_nothing(corpus):
     ds, n_train, stream, batches = stream_batches(corpus, 40)
-    x = torch.cat([b[0].reshape(-1) for b in batches])
-    y = torch.cat([b[1].reshape(-1) for b in batches])
     assert all(b[0].shape == (3, 16) for b in batches)
-    assert torch.equal(x[1:], y[:-1])  # every target is the next input: no gap, no padding
+    # the spec: documents in the seeded order, each to the row with the fewest tokens waiting (first of
+    # equals), every row a stream of its own whose last target is its next first input
     order = np.random.default_rng([3, 0]).permutation(n_train)
-    expected = np.concatenate([ds[int(i)][0] for i in order])[:len(x) + 1]
-    assert torch.equal(x, torch.from_numpy(expected[:-1].astype(np.int64)))
-    assert torch.equal(y, torch.from_numpy(expected[1:].astype(np.int64)))
+    rows, waiting, docs = [[], [], []], [0, 0, 0], iter(order)
+    for _ in range(40):
+        while min(waiting) < 17:
+            tokens = ds[int(next(docs))][0]
+            r = int(np.argmin(waiting))
+            rows[r].append(tokens)
+            waiting[r] += len(tokens)
+        waiting = [w - 16 for w in waiting]
+    for r in range(3):
+        x = torch.cat([b[0][r] for b in batches])
+        y = torch.cat([b[1][r] for b in batches])
+        assert torch.equal(x[1:], y[:-1])  # every target is the next input: no gap, no padding
+        expected = np.concatenate(rows[r])[:len(x) + 1].astype(np.int64)
+        assert torch.equal(x, torch.from_numpy(expected[:-1])) and torch.equal(y, torch.from_numpy(expected[1:]))
+    first_rows = [b[0][:, 0] for b in batches[:1]][0]
+    assert len(set(first_rows.tolist())) == 3  # the rows of a batch start in different documents
+
+
+def test_batch_size_one_is_one_stream(corpus):
+    ds, n_train, _, batches = stream_batches(corpus, 30, batch_size=1)
+    x = torch.cat([b[0].reshape(-1) for b in batches])
+    order = np.random.default_rng([3, 0]).permutation(n_train)
+    expected = np.concatenate([ds[int(i)][0] for i in order])[:len(x)]
+    assert torch.equal(x, torch.from_numpy(expected.astype(np.int64)))
 
 
 def test_order_is_the_same_for_any_worker_count_and_epoch_reshuffles(corpus):
@@ -374,8 +394,22 @@ def test_demo_corpus_is_pile_format(tmp_path):
     path = train.build_demo_corpus(tmp_path / "demo.jsonl")
     rows = [json.loads(l) for l in path.read_text().splitlines()]
     assert len(rows) > 500
-    assert {r["meta"]["pile_set_name"] for r in rows} == {"PythonHelpTopics", "PythonModuleDocs", "PythonSource"}
+    assert {r["meta"]["pile_set_name"] for r in rows} == {"PythonHelpTopics", "PythonModule"}
     assert all(isinstance(r["text"], str) and r["text"] for r in rows)
+    titles = [r["meta"]["title"] for r in rows]
+    assert len(titles) == len(set(titles))
+    # a module's documentation and its source are one document: no twin across the split
+    json_docs = [r["text"] for r in rows if r["meta"]["title"] == "json/decoder.py"]
+    assert len(json_docs) == 1 and "Help on module json.decoder" in json_docs[0] and "def py_scanstring" in json_docs[0]
+    assert not any("cp437.py" in t for t in titles) or not any("cp865.py" in t for t in titles)  # near-copies
+
+
+def test_near_duplicates_are_dropped_in_either_direction():
+    base = " ".join(f"word{i}" for i in range(200))
+    docs = [(base, "a"), ("intro " + base + " outro", "b"), (base[:400], "c"), ("different " * 50, "d"),
+            (" ".join(f"other{i}" for i in range(100)), "e")]
+    kept = [d[1] for d in train.drop_near_duplicates(docs)]
+    assert kept == ["a", "d", "e"]  # b copies a; c is contained in a
 
 
 # -----------------------------------------------------------------------------

@@ -494,10 +494,10 @@ class Run:
         false: none; true: out_dir/ckpt.pt, which must exist; auto: out_dir's checkpoint if it is of this
         same run (a foreign one is refused), none if there is none; and if out_dir holds this run's
         results.json the run is already finished (self.finished)."""
-        cfg = self.cfg
-        if cfg.resume == "false":
+        cfg, mode = self.cfg, str(self.cfg.resume).lower()  # (a Config made in code may hold True/False)
+        if mode == "false":
             return None
-        if cfg.resume == "auto":
+        if mode == "auto":
             results = read_results(self.out / "results.json")
             same = MODEL_KEYS + RUN_KEYS + ("max_iters", "max_time")
             if results and all(config_value(results["config"], k) == getattr(cfg, k) for k in same):
@@ -521,7 +521,7 @@ class Run:
             says = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in differ)
             raise UserError(f"checkpoint {self.ckpt_path} has {has} but the config says {says}")
         changed = [k for k in RUN_KEYS if config_value(saved, k) != getattr(cfg, k)]
-        if changed and cfg.resume == "auto":
+        if changed and mode == "auto":
             raise UserError(f"{self.out} holds the checkpoint of another run ("
                             + ", ".join(f"{k}={config_value(saved, k)!r}, not {getattr(cfg, k)!r}" for k in changed)
                             + "): use another out_dir, or --resume=True to continue it anyway")
@@ -616,11 +616,11 @@ class Run:
         cfg, step = self.cfg, self.step
         self.loss_sum += loss.detach()  # stays on the device until the next log step
         self.loss_count += 1
-        if step % cfg.log_interval == 0 or reason:
+        ending, signalled = reason in ("max_iters", "max_time"), reason not in (None, "max_iters", "max_time")
+        if step % cfg.log_interval == 0 or ending:  # (after a signal the checkpoint keeps the unlogged steps)
             self.log_train(lr)
         if step % cfg.eval_interval == 0 and not reason:  # the final evaluation covers the end
             self.evaluate(self.val_periodic)
-        signalled = reason not in (None, "max_iters", "max_time")
         if (step % cfg.ckpt_interval == 0 and not reason) or signalled:
             self.checkpoint()
         if signalled:
