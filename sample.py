@@ -21,7 +21,7 @@ def load_model(ckpt_path, device="cpu"):
 
 
 def generate_samples(ckpt_path, prompt, num_samples=1, max_new_tokens=100, temperature=0.8, top_k=200,
-                     seed=1337, device="cpu", use_cache=True, model=None):
+                     seed=1337, device="cpu", use_cache=True, model=None, window=None):
     """-> list of num_samples strings, each the prompt followed by its continuation."""
     if max_new_tokens < 0 or num_samples < 1:
         raise UserError("max_new_tokens must be >= 0 and num_samples >= 1")
@@ -33,7 +33,8 @@ def generate_samples(ckpt_path, prompt, num_samples=1, max_new_tokens=100, tempe
     ids = enc.encode_ordinary(prompt) if prompt else [enc.eot_token]
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     torch.manual_seed(seed)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, use_cache=use_cache)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, use_cache=use_cache,
+                         window=window)
     start = 0 if prompt else 1  # without a prompt the run starts from <|endoftext|>: do not print it
     return [enc.decode(row[start:].tolist()) for row in out]
 
@@ -59,12 +60,10 @@ def main(argv=None):
         if args.block_size > cfg.block_size:
             raise UserError(f"--block_size {args.block_size} is larger than the model's block_size "
                             f"{cfg.block_size} (its position tables end there)")
-        if args.block_size:
-            cfg.block_size = args.block_size  # a shorter window is always possible
         t0 = time.time()
         texts = generate_samples(args.ckpt, args.prompt, args.num_samples, args.max_new_tokens,
                                  args.temperature, args.top_k or None, args.seed, device,
-                                 use_cache=not args.no_cache, model=model)
+                                 use_cache=not args.no_cache, model=model, window=args.block_size or None)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -321,14 +321,14 @@ class GPT(nn.Module):
                                  fused=device_type in ("cuda", "cpu"))  # on CPU 7x faster than for-each
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, window=None):
         """Continue idx (B, T) by max_new_tokens sampled tokens (greedy when temperature is 0).
         The model sees a window of at most block_size tokens. When the text outgrows it, the window
         jumps forward to keep the last block_size // 2 tokens and then grows again, instead of sliding
         by one token: sliding moves every position, so a KV cache would have to be rebuilt for every
         new token; jumping rebuilds it once per block_size // 2 tokens. Both paths use the same
-        window, so they give the same tokens."""
-        block = self.cfg.block_size
+        window, so they give the same tokens. window: a context shorter than block_size, if given."""
+        block = min(window or self.cfg.block_size, self.cfg.block_size)
         cache, start = None, 0  # start: first token of the visible window
         for _ in range(max_new_tokens):
             if idx.size(1) - start > block:  # window full: keep its last half
