@@ -1,5 +1,6 @@
 """
-Plot NLL curves from gpt-ablate training logs, and build the one-page ablation report.
+Plot NLL curves from gpt-ablate training logs, build the one-page ablation report, and print
+the ablation designs that ablate.sh runs (the one place where experiments are defined).
 
 Plain mode: one PNG with a smoothed train curve (raw curve faint behind it) and the
 val points of every run, plus a table of final numbers printed to stdout.
@@ -7,7 +8,26 @@ val points of every run, plus a table of final numbers printed to stdout.
     python plot.py out/*/log.txt                  # writes nll.png
     python plot.py out/*/log.txt -o curves.png
 
-Report mode, for the seven-experiment ablation laid out as DIR/<experiment>/seed<k>/:
+Design mode: the experiments of an ablation, for ablate.sh (which writes the json to OUT/design.json).
+
+    python plot.py --print-design                                  # one-at-a-time, default switches, json
+    python plot.py --print-design --design leave-one-out --format tsv
+    python plot.py --print-design --design factorial --switches swiglu,rope --switch n_layer=6
+
+  The switches come from train.py's registry (train.SWITCHES); default: those declared with ablate=True,
+  in declaration order. --switches a,b picks registered switches; --switch KEY=VALUE (repeatable) adds a
+  value switch on any other config key (off: the key is not passed, so the config's value stays;
+  on: --KEY=VALUE). Designs:
+    one-at-a-time  baseline, each switch alone, all (every chosen switch on); reference: baseline
+    leave-one-out  all, then no_<x> = all without x for each x; reference: all
+    factorial      every combination ("baseline", "a+b", ..., "all"); reference: baseline
+  Every experiment sets every registered switch explicitly (--use_x=True/False), so a config file can
+  never leak one in. json: {"design", "reference", "switches": [{"name", "key", "on", "off"}],
+  "experiments": [{"name", "on": [switch names], "args": [...]}]}; tsv: one line per experiment,
+  "name<TAB>arg1 arg2 ...".
+
+Report mode, for an ablation laid out as DIR/<experiment>/seed<k>/ (DIR/design.json says which design
+ran; without it the design is inferred from the folder names and the runs' configs):
 
     python plot.py DIR/*/*/log.txt --report DIR/report.pdf
     python plot.py DIR/*/*/log.txt --report DIR/report.pdf --no_samples
@@ -15,15 +35,28 @@ Report mode, for the seven-experiment ablation laid out as DIR/<experiment>/seed
 
 writes DIR/report.pdf (one A4 page), DIR/report.md and DIR/report.png (the plot).
 Seeds of one experiment share a colour (thin, faint); the mean over seeds is bold.
-Each experiment is compared with baseline paired on seed: d_k = exp_k - baseline_k.
-A difference "exceeds the noise" when |mean(d)| > 2 * std(d, ddof=1) / sqrt(n), n >= 2.
 
-Each argument may be a log.txt or the run's out_dir. Bad input (no files, a missing
-file, a log without usable rows) gives a one-line error on stderr and exit code 2.
+Statistics (see test_plot.py for the checks):
+  * one-at-a-time / leave-one-out: each experiment is compared with the reference paired on seed,
+    d_k = exp_k - ref_k. Leave-one-out: d = (all without x) - all, so d > 0 means x helps inside the recipe.
+  * factorial: per seed, with +-1 (effect) coding of the 2^m cells, the main effect of A is
+    mean(cells with A on) - mean(cells with A off), and the interaction AxB is the +-1 contrast
+    mean(cells where A and B agree) - mean(cells where they differ), which equals half the difference
+    between A's effect with B on and with B off. Each effect is estimated once per seed.
+  * per comparison (or effect) over n seeds: the mean, its 95% confidence interval from Student's t
+    (df = n - 1), and the two-sided p-value of the (paired) t-test. The verdict is Holm-Bonferroni at a
+    family-wise error of 5% over all comparisons (or all effects) in the report. One seed, or no spread
+    between the seeds: no test is possible and the report says so.
+  * power: the minimum detectable effect at 80% power at the corrected level alpha/k (k comparisons),
+    MDE = (t_{1-alpha/(2k), n-1} + t_{0.8, n-1}) * sd / sqrt(n), and the seeds needed to detect 0.02 nats.
+
+Each argument may be a log.txt or the run's out_dir. Bad input (no files, a missing file, a log
+without usable rows, an unknown switch) gives a one-line error on stderr and exit code 2.
 """
 
 import argparse
 import functools
+import itertools
 import json
 import math
 import re
@@ -35,31 +68,137 @@ from pathlib import Path
 
 import numpy as np
 
-# experiments of the ablation, in report order, with the switches each one turns on
-EXPERIMENTS = {
-    "baseline": [],
-    "swiglu": ["swiglu"],
-    "rope": ["rope"],
-    "warmup": ["warmup"],
-    "cosine": ["cosine"],
-    "rmsnorm": ["rmsnorm"],
-    "all": ["swiglu", "rope", "warmup", "cosine", "rmsnorm"],
-}
-SWITCHES = ["swiglu", "rope", "warmup", "cosine", "rmsnorm"]  # config key is use_<name>
-BASELINE = "baseline"
 A4_PORTRAIT = (8.27, 11.69)  # inches
+ALPHA = 0.05        # family-wise error rate of a report's verdicts
+POWER = 0.8         # power at which the minimum detectable effect is stated
+TARGET = 0.02       # nats: the effect size for "seeds needed"
+MAX_SEEDS = 100_000  # the seeds-needed search stops here
 
-# -----------------------------------------------------------------------------
-# loading runs
+DESIGNS = ("one-at-a-time", "leave-one-out", "factorial")
+REFERENCE = {"one-at-a-time": "baseline", "leave-one-out": "all", "factorial": "baseline"}
+MANAGED_KEYS = ("out_dir", "seed", "resume", "data_seed")  # ablate.sh sets these; never a switch
+VALUE_RE = re.compile(r"[A-Za-z0-9._+-]+")
+
 
 class UsageError(Exception):
     """Bad command-line input; main() turns it into a one-line message and exit 2."""
 
 
+def _train():
+    """train.py, imported lazily (it imports torch)."""
+    import train
+    return train
+
+# -----------------------------------------------------------------------------
+# designs: which experiments an ablation runs (ablate.sh asks for them with --print-design)
+
+def registered_switches():
+    """{switch name: config key} from train.py, in declaration order."""
+    return dict(_train().SWITCHES)
+
+
+def default_switch_names():
+    """The registered switches declared with ablate=True, in declaration order."""
+    tr = _train()
+    return [n for n, k in tr.SWITCHES.items() if tr.CONFIG_FIELDS[k].metadata.get("ablate", True)]
+
+
+def parse_value_switch(spec):
+    """'KEY=VALUE' -> {"name", "key", "on", "off": None}; UsageError on a bad key or value."""
+    tr = _train()
+    key, eq, text = spec.partition("=")
+    key = key.strip().lstrip("-").replace("-", "_")
+    if not eq or not key or not text:
+        raise UsageError(f"--switch expects KEY=VALUE, got '{spec}'")
+    if key in tr.SWITCHES.values():
+        name = key.removeprefix("use_")
+        raise UsageError(f"--switch {spec}: {key} is a registered switch; choose it with --switches {name}")
+    if key in MANAGED_KEYS:
+        raise UsageError(f"--switch {spec}: {key} is set by ablate.sh itself and cannot be a switch "
+                         f"(managed keys: {', '.join(MANAGED_KEYS)})")
+    if not VALUE_RE.fullmatch(text):
+        raise UsageError(f"--switch {spec}: the value may only use the characters A-Z a-z 0-9 . _ + -")
+    try:
+        value = tr.coerce(key, text, "--switch")
+    except tr.UserError as e:
+        raise UsageError(str(e)) from None
+    return {"name": f"{key}={text}", "key": key, "on": value, "off": None}
+
+
+def choose_switches(names=None, values=()):
+    """The switches of a design: registered ones (names: list, or None for the default set) followed by
+    value switches ('KEY=VALUE' strings). Returns [{"name", "key", "on", "off"}]; UsageError when bad."""
+    registry = registered_switches()
+    names = default_switch_names() if names is None else names
+    out, seen_keys = [], set()
+    for name in names:
+        if name not in registry:
+            raise UsageError(f"unknown switch '{name}' (registered switches: {', '.join(registry)})")
+        if registry[name] in seen_keys:
+            raise UsageError(f"switch '{name}' is listed twice")
+        seen_keys.add(registry[name])
+        out.append({"name": name, "key": registry[name], "on": True, "off": False})
+    for spec in values:
+        sw = parse_value_switch(spec)
+        if sw["key"] in seen_keys:
+            raise UsageError(f"--switch {spec}: {sw['key']} is given twice")
+        seen_keys.add(sw["key"])
+        out.append(sw)
+    if not out:
+        raise UsageError("no switches chosen (give --switches and/or --switch KEY=VALUE)")
+    return out
+
+
+def experiment_args(on, switches):
+    """Command-line args of one experiment: every registered switch explicitly True/False, then
+    --KEY=VALUE for each value switch that is on."""
+    on = set(on)
+    bool_on = {s["key"] for s in switches if s["off"] is not None and s["name"] in on}
+    args = [f"--{key}={key in bool_on}" for key in registered_switches().values()]
+    args += [f"--{s['name']}" for s in switches if s["off"] is None and s["name"] in on]
+    return args
+
+
+def make_design(design="one-at-a-time", switches=None):
+    """The experiments of a design as a json-ready dict (see the module docstring)."""
+    if design not in DESIGNS:
+        raise UsageError(f"unknown design '{design}' (designs: {', '.join(DESIGNS)})")
+    switches = choose_switches() if switches is None else switches
+    names = [s["name"] for s in switches]
+    m = len(names)
+    full = "all" if m > 1 else names[0]
+    if design == "one-at-a-time":
+        exps = [("baseline", [])] + [(n, [n]) for n in names] + [("all", names)]
+    elif design == "leave-one-out":
+        exps = [("all", names)] + [(f"no_{n}", [x for x in names if x != n]) for n in names]
+    else:
+        exps = []
+        for r in range(m + 1):
+            for combo in itertools.combinations(names, r):
+                name = "baseline" if r == 0 else full if r == m else "+".join(combo)
+                exps.append((name, list(combo)))
+    experiments, seen = [], set()
+    for name, on in exps:  # no duplicates (one switch: "all" is that switch)
+        if frozenset(on) in seen:
+            continue
+        seen.add(frozenset(on))
+        experiments.append({"name": name, "on": on, "args": experiment_args(on, switches)})
+    return {"design": design, "reference": REFERENCE[design], "switches": switches, "experiments": experiments}
+
+
+def format_design(d, fmt="json"):
+    if fmt == "json":
+        return json.dumps(d, indent=2)
+    if fmt == "tsv":
+        return "\n".join(f"{e['name']}\t{' '.join(e['args'])}" for e in d["experiments"])
+    raise UsageError(f"unknown format '{fmt}' (formats: json, tsv)")
+
+# -----------------------------------------------------------------------------
+# loading runs
+
 def read_log(path):
     """Parse a log.txt into a list of event dicts, with train.py's parser (imported lazily: torch)."""
-    from train import read_log as train_read_log
-    return train_read_log(path)
+    return _train().read_log(path)
 
 
 def _is_num(x):
@@ -107,9 +246,14 @@ class Run:
         src = self.results or self.start or {}
         return src.get("config") or {}
 
+    def _result(self, key):
+        """A number from results.json, or None (old runs lack the newer keys)."""
+        v = (self.results or {}).get(key)
+        return float(v) if _is_num(v) else None
+
     def _final(self, key):
-        if self.results and _is_num(self.results.get(key)):
-            return float(self.results[key])
+        if self._result(key) is not None:
+            return self._result(key)
         vals = [r[key] for r in self.evals if _is_num(r.get(key))]
         return float(vals[-1]) if vals else float("nan")
 
@@ -122,10 +266,38 @@ class Run:
         return self._final("val_bpb")
 
     @property
+    def val_nll_se(self):
+        """Standard error of the final val NLL over validation windows (None when not saved)."""
+        return self._result("val_nll_se")
+
+    @property
     def steps(self):
-        if self.results and _is_num(self.results.get("steps")):
-            return int(self.results["steps"])
+        if self._result("steps") is not None:
+            return int(self._result("steps"))
         return int(max(r["step"] for r in self.train + self.evals))
+
+    @property
+    def tokens(self):
+        """Tokens trained: results.json, else the last logged row (an unfinished run)."""
+        if self._result("tokens") is not None:
+            return int(self._result("tokens"))
+        vals = [r["tokens"] for r in self.train + self.evals if _is_num(r.get("tokens"))]
+        return int(max(vals)) if vals else None
+
+    @property
+    def train_time(self):
+        return self._result("train_time")
+
+    @property
+    def eval_time(self):
+        return self._result("eval_time")
+
+    @property
+    def wall_time(self):
+        if self._result("wall_time") is not None:
+            return self._result("wall_time")
+        vals = [r["elapsed"] for r in self.train + self.evals if _is_num(r.get("elapsed"))]
+        return float(max(vals)) if vals else None
 
     @property
     def params(self):
@@ -137,8 +309,11 @@ class Run:
 
     @property
     def tokens_per_s(self):
-        if self.results and _is_num(self.results.get("tokens_per_s")):
-            return float(self.results["tokens_per_s"])
+        """Training throughput: tokens / train_time (results.json), else results' or the log's tokens_per_s."""
+        if self.train_time and self.tokens:
+            return self.tokens / self.train_time
+        if self._result("tokens_per_s") is not None:
+            return self._result("tokens_per_s")
         vals = [r["tokens_per_s"] for r in self.train if _is_num(r.get("tokens_per_s"))]
         return float(np.median(vals)) if vals else float("nan")
 
@@ -178,10 +353,23 @@ def load_run(path):
     return run
 
 
-def group_by_experiment(runs):
-    """{experiment: [runs sorted by seed]}, known experiments first in ablation order."""
-    names = sorted({r.experiment for r in runs},
-                   key=lambda e: (list(EXPERIMENTS).index(e) if e in EXPERIMENTS else len(EXPERIMENTS), e))
+def default_order(names):
+    """Report order without a design.json: baseline, the registered switches, all, no_<x>, the rest."""
+    known = ["baseline"] + list(registered_switches()) + ["all"]
+    def key(e):
+        if e in known:
+            return (0, known.index(e), e)
+        if e.startswith("no_"):
+            return (1, known.index(e[3:]) if e[3:] in known else len(known), e)
+        return (2, e.count("+"), e)
+    return sorted(names, key=key)
+
+
+def group_by_experiment(runs, order=None):
+    """{experiment: [runs sorted by seed]}, in `order` (a design's experiment list) first, else default_order."""
+    names = {r.experiment for r in runs}
+    order = [e for e in (order or []) if e in names]
+    names = order + default_order(names - set(order))
     return {e: sorted((r for r in runs if r.experiment == e), key=lambda r: (r.seed is None, r.seed or 0, r.name))
             for e in names}
 
@@ -199,108 +387,483 @@ def ema(values, beta):
 
 def mean_std(values):
     """(mean, std with ddof=1) of the finite values; std is None when fewer than 2."""
-    v = np.array([x for x in values if _is_num(x)], dtype=float)
-    if len(v) == 0:
+    v = [float(x) for x in values if _is_num(x)]
+    if not v:
         return float("nan"), None
-    return float(v.mean()), (float(v.std(ddof=1)) if len(v) >= 2 else None)
+    mean = math.fsum(v) / len(v)
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) >= 2 else None
+    return mean, std
 
 
-def paired_diff(exp_by_seed, base_by_seed):
+@functools.cache
+def _special():
+    from scipy import special   # imported on first use: plain plots and --print-design do without scipy
+    return special
+
+
+def t_quantile(q, df):
+    """Student t quantile, array-friendly: t_quantile(0.975, 2) = 4.3027. scipy.special.stdtrit is the
+    inverse CDF behind scipy.stats.t.ppf, without its per-call overhead (the tests check they agree)."""
+    return _special().stdtrit(df, q)
+
+
+def t_sf(t, df):
+    """Student t upper tail P(T > t), array-friendly (scipy.special.stdtr, as behind scipy.stats.t.sf)."""
+    return _special().stdtr(df, -np.asarray(t, dtype=float))
+
+
+def paired_diff(exp_by_seed, ref_by_seed):
+    """Paired differences d_k = exp_k - ref_k on the seeds k both dicts have: (seeds, diffs)."""
+    seeds = sorted(k for k in exp_by_seed if k in ref_by_seed
+                   and _is_num(exp_by_seed[k]) and _is_num(ref_by_seed[k]))
+    return seeds, [exp_by_seed[k] - ref_by_seed[k] for k in seeds]
+
+
+def holm(pvalues, alpha=ALPHA):
     """
-    Paired comparison on seed: d_k = exp_k - base_k for every seed k in both dicts.
-    Returns {"seeds", "diffs", "n", "mean", "std", "se", "beyond_noise"}; beyond_noise is
-    |mean| > 2*se with se = std(ddof=1)/sqrt(n), or None when n < 2.
+    Holm-Bonferroni over the p-values that are not None: sort them, compare the i-th smallest
+    (i = 1..m) with alpha / (m - i + 1) and stop at the first that fails. Returns (adjusted p-values,
+    rejected flags), both aligned with the input (None where the input is None). adjusted_i =
+    max over j <= i of min(1, (m - j + 1) p_(j)); rejected = adjusted <= alpha.
     """
-    seeds = sorted(k for k in exp_by_seed if k in base_by_seed
-                   and _is_num(exp_by_seed[k]) and _is_num(base_by_seed[k]))
-    diffs = [exp_by_seed[k] - base_by_seed[k] for k in seeds]
-    n = len(diffs)
-    mean, std = mean_std(diffs)
-    se = std / math.sqrt(n) if std is not None else None
-    beyond = bool(abs(mean) > 2 * se) if se is not None else None
-    return {"seeds": seeds, "diffs": diffs, "n": n, "mean": mean, "std": std, "se": se, "beyond_noise": beyond}
+    idx = sorted((i for i, p in enumerate(pvalues) if p is not None), key=lambda i: pvalues[i])
+    m = len(idx)
+    adjusted, rejected, running = [None] * len(pvalues), [None] * len(pvalues), 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+        rejected[i] = running <= alpha
+    return adjusted, rejected
 
 
-def switches_on(experiment, runs):
-    """Switches an experiment turns on, read from the config flags use_<switch> (else from its name)."""
-    config = runs[0].config if runs else {}
-    if any(f"use_{s}" in config for s in SWITCHES):
-        on = [s for s in SWITCHES if config.get(f"use_{s}")]
-    else:
-        on = EXPERIMENTS.get(experiment)
-        if on is None:
-            return "?"
-    if len(on) == len(SWITCHES):
-        return "all five"
-    return ", ".join(on) if on else "none"
+def min_detectable_effect(sd, n, k, alpha=ALPHA, power=POWER):
+    """Smallest |mean| a two-sided t-test at level alpha/k detects with the given power, for n values
+    with standard deviation sd: (t_{1-alpha/(2k), n-1} + t_{power, n-1}) * sd / sqrt(n). Arrays work."""
+    n = np.asarray(n, dtype=float)
+    return (t_quantile(1 - alpha / (2 * k), n - 1) + t_quantile(power, n - 1)) * np.asarray(sd) / np.sqrt(n)
 
 
-def summarize(groups):
-    """One summary dict per experiment: final val NLL over seeds and the paired diff vs baseline."""
-    base = {r.seed: r.val_nll for r in groups.get(BASELINE, []) if r.seed is not None}
-    rows = []
-    for exp, runs in groups.items():
-        nll_mean, nll_std = mean_std([r.val_nll for r in runs])
-        params = [r.params for r in runs if r.params is not None]
-        rows.append({
-            "experiment": exp,
-            "switches": switches_on(exp, runs),
-            "params": params[0] if params else None,
-            "n": sum(_is_num(r.val_nll) for r in runs),
-            "nll_mean": nll_mean,
-            "nll_std": nll_std,
-            "diff": None if exp == BASELINE or BASELINE not in groups else
-                    paired_diff({r.seed: r.val_nll for r in runs if r.seed is not None}, base),
-            "bpb_mean": mean_std([r.val_bpb for r in runs])[0],
-            "tps_mean": mean_std([r.tokens_per_s for r in runs])[0],
-        })
-    return rows
+def seeds_needed(sd, k, target=TARGET, alpha=ALPHA, power=POWER, max_n=MAX_SEEDS):
+    """Smallest n >= 2 whose min_detectable_effect(sd, n, k) <= target, or max_n + 1 when even max_n
+    seeds are not enough. The normal approximation n_z = ((z_{1-alpha/2k} + z_power) sd / target)^2 is a
+    lower bound (t quantiles exceed normal ones); scan up from it, then bisect if the scan is not enough."""
+    q, sp = 1 - alpha / (2 * k), _special()
+    z = sp.ndtri(q) + sp.ndtri(power)
+    ok = lambda n: (sp.stdtrit(n - 1, q) + sp.stdtrit(n - 1, power)) * sd / math.sqrt(n) <= target  # = MDE
+    lo = max(2, math.ceil((z * sd / target) ** 2) if sd > 0 else 2)
+    if lo > max_n:
+        return max_n + 1
+    for n in range(lo, min(lo + 32, max_n + 1)):
+        if ok(n):
+            return n
+    lo, hi = min(lo + 31, max_n), max_n + 1     # lo fails; hi passes (max_n + 1 by convention)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
 
 
-def verdict_line(rows):
-    """One sentence: which changes beat baseline beyond the noise, which did not, which were worse."""
-    if not any(r["experiment"] == BASELINE for r in rows):
-        return "Verdict: no baseline runs found, so no change could be compared with it."
-    better, within, worse, unknown = [], [], [], []
-    for r in rows:
-        d = r["diff"]
-        if d is None:
-            continue
-        if d["beyond_noise"] is None:
-            unknown.append(r["experiment"])
-        elif not d["beyond_noise"]:
-            within.append(r["experiment"])
+def family_stats(samples, alpha=ALPHA, power=POWER, target=TARGET):
+    """
+    The statistics of one report. samples: {name: per-seed values} (paired differences against the
+    reference, or per-seed factorial effects); each is tested for mean 0 with a two-sided one-sample
+    t-test (= the paired t-test of the two arms), and the family of all testable names gets a
+    Holm-Bonferroni verdict at family-wise level alpha. Returns {name: dict} with
+    n, mean, sd, se, df, t, p, ci (95%, t with df = n-1), p_holm, significant (True/False, or None
+    with `reason` when no test is possible: one seed, or no spread), k (tests in the family),
+    mde (minimum detectable effect at `power` and level alpha/k) and seeds_for_target (seeds that
+    would detect `target` nats at the observed sd; MAX_SEEDS + 1 means more than MAX_SEEDS).
+    """
+    out = {}
+    for name, values in samples.items():
+        v = [float(x) for x in values if _is_num(x)]
+        n = len(v)
+        mean, sd = mean_std(v)
+        st = {"n": n, "mean": mean, "sd": sd, "se": None, "df": n - 1, "t": None, "p": None, "ci": None,
+              "p_holm": None, "significant": None, "reason": None, "k": 0, "mde": None, "seeds_for_target": None}
+        if n == 0:
+            st["reason"] = "no paired seed"
+        elif n == 1:
+            st["reason"] = "1 seed: no test possible"
+        elif sd <= 1e-12 * max(1.0, abs(mean)):
+            st["reason"] = "no spread between seeds: no test possible"
         else:
-            (better if d["mean"] < 0 else worse).append(r["experiment"])
-    fmt = lambda xs: ", ".join(xs) if xs else "none"
-    line = (f"Verdict: beat baseline by more than the noise: {fmt(better)}; "
-            f"within the noise: {fmt(within)}; worse than baseline beyond the noise: {fmt(worse)}")
-    if unknown:
-        line += f"; undecided (fewer than 2 paired seeds): {fmt(unknown)}"
-    return line + "."
+            st["se"] = sd / math.sqrt(n)
+            st["t"] = mean / st["se"]
+        out[name] = st
+    tested = [name for name, st in out.items() if st["t"] is not None]
+    if not tested:
+        return out
+    k = len(tested)
+    df = np.array([out[x]["df"] for x in tested], dtype=float)
+    t = np.array([out[x]["t"] for x in tested])
+    p = np.minimum(1.0, 2 * t_sf(np.abs(t), df))
+    half = t_quantile(0.975, df) * np.array([out[x]["se"] for x in tested])
+    sds = np.array([out[x]["sd"] for x in tested])
+    mde = min_detectable_effect(sds, df + 1, k, alpha, power)
+    need = [seeds_needed(x, k, target, alpha, power) for x in sds]
+    adjusted, rejected = holm([float(x) for x in p], alpha)
+    for i, name in enumerate(tested):
+        st = out[name]
+        st.update(p=float(p[i]), p_holm=adjusted[i], significant=rejected[i], k=k, mde=float(mde[i]),
+                  seeds_for_target=int(need[i]), ci=(st["mean"] - float(half[i]), st["mean"] + float(half[i])))
+    return out
 
 
-def _time_budget(config):
-    """The config's max_time as text ("4h", or "90 s" for a number), or None when not set."""
-    t = config.get("max_time")
-    if isinstance(t, str) and t.strip():
-        return t.strip()
-    return f"{t:g} s" if _is_num(t) and t > 0 else None
+def factorial_effects(cells_by_seed, names):
+    """
+    Main effects and two-way interactions of a 2^m factorial, once per seed.
+    cells_by_seed: {seed: {frozenset(switch names on): value}}; names: the m switch names.
+    With x_A = +1 (A on) / -1 (A off): main effect A = mean(y | x_A = +1) - mean(y | x_A = -1);
+    interaction "A × B" = mean(y | x_A x_B = +1) - mean(y | x_A x_B = -1)
+                        = ((effect of A with B on) - (effect of A with B off)) / 2.
+    Seeds without all 2^m cells are skipped. Returns ({effect: [per-seed values]}, seeds used, seeds skipped).
+    """
+    cells = [frozenset(c) for r in range(len(names) + 1) for c in itertools.combinations(names, r)]
+    x = np.array([[1.0 if s in c else -1.0 for s in names] for c in cells])
+    contrasts = {a: x[:, i] for i, a in enumerate(names)}
+    for (i, a), (j, b) in itertools.combinations(enumerate(names), 2):
+        contrasts[f"{a} × {b}"] = x[:, i] * x[:, j]
+    effects = {e: [] for e in contrasts}
+    used, skipped = [], []
+    for seed in sorted(cells_by_seed):
+        got = cells_by_seed[seed]
+        if not all(c in got and _is_num(got[c]) for c in cells):
+            skipped.append(seed)
+            continue
+        y = np.array([got[c] for c in cells], dtype=float)
+        for e, c in contrasts.items():
+            effects[e].append(float(y[c > 0].mean() - y[c < 0].mean()))
+        used.append(seed)
+    return effects, used, skipped
+
+# -----------------------------------------------------------------------------
+# the analysis behind a report
+
+def find_design(runs):
+    """The design.json next to the runs' experiment folders (DIR/design.json for DIR/<exp>/seed<k>), or None."""
+    found = {}
+    for r in runs:
+        if r.seed is not None and r.out_dir.name == f"seed{r.seed}":
+            path = r.out_dir.parent.parent / "design.json"
+            if path.is_file():
+                found[path] = None
+    for path in found:
+        try:
+            d = json.loads(path.read_text())
+            if d.get("design") in DESIGNS and isinstance(d.get("experiments"), list):
+                d["source"] = f"{path.name}"
+                return d
+        except (ValueError, AttributeError):
+            pass
+        print(f"plot.py: warning: ignoring unreadable {path}", file=sys.stderr)
+    return None
 
 
-def matching_note(runs):
-    """Say whether the runs were time-matched (config max_time set) or step-matched."""
-    budgets = [_time_budget(r.config) for r in runs]
-    timed = sorted({b for b in budgets if b is not None})
-    if timed and None not in budgets:
-        stopped = sum((r.results or {}).get("stopped_by") == "max_time" for r in runs)
-        return (f"Runs were time-matched: max_time = {', '.join(timed)}; {stopped}/{len(runs)} stopped on time, "
-                f"so step counts differ between runs.")
-    if not timed:
-        iters = sorted({r.config.get("max_iters") for r in runs}, key=str)
-        return f"Runs were step-matched: max_iters = {', '.join(map(str, iters))} (max_time not set)."
-    return "Runs were mixed: some time-matched (max_time set), some step-matched; compare with care."
+def config_on_set(run, switches):
+    """The switch names a run had on, from its config (None when its config lacks a switch's key)."""
+    cfg, on = run.config, set()
+    for s in switches:
+        if s["key"] not in cfg:
+            return None
+        if (s["off"] is not None and cfg[s["key"]] is True) or (s["off"] is None and cfg[s["key"]] == s["on"]):
+            on.add(s["name"])
+    return frozenset(on)
 
+
+def infer_design(groups):
+    """A design dict without design.json: from the folder names (as ablate.sh names them) and configs."""
+    registry = registered_switches()
+    names = list(groups)
+    on_sets = {}
+    for exp, runs in groups.items():
+        cfg = runs[0].config if runs else {}
+        if any(k in cfg for k in registry.values()):
+            on_sets[exp] = [n for n, k in registry.items() if cfg.get(k) is True]
+    parts = {p for e in names for p in e.removeprefix("no_").split("+")}
+    chosen = [n for n in registry if n in parts or any(n in on for on in on_sets.values())]
+    # value switches appear only in names such as "swiglu+n_layer=6"
+    values = []
+    for exp in names:
+        for part in exp.removeprefix("no_").split("+"):
+            if "=" in part and part not in values:
+                values.append(part)
+    switches = [{"name": n, "key": registry[n], "on": True, "off": False} for n in chosen]
+    for v in values:
+        key, _, text = v.partition("=")
+        switches.append({"name": v, "key": key, "on": _guess_value(key, text), "off": None})
+    if "all" in names and len(names) > 1 and all(e == "all" or e.startswith("no_") for e in names):
+        design = "leave-one-out"
+    elif any("+" in e for e in names):
+        design = "factorial"
+    else:
+        design = "one-at-a-time"
+    experiments = []
+    for exp in names:
+        if exp == "all":
+            named = [s["name"] for s in switches]
+        elif exp.startswith("no_"):
+            named = [s["name"] for s in switches if s["name"] != exp[3:]]
+        else:
+            named = [p for p in exp.split("+") if p in registry or p in values]
+        on = on_sets[exp] if exp in on_sets else [n for n in named if n in registry]
+        experiments.append({"name": exp, "on": on + [v for v in values if v in named]})
+    return {"design": design, "reference": REFERENCE[design], "switches": switches,
+            "experiments": experiments, "source": "inferred from the folder names and run configs"}
+
+
+def _guess_value(key, text):
+    try:
+        return _train().coerce(key, text, "an experiment name")
+    except Exception:
+        return text
+
+
+def on_label(on, switches, design):
+    """'none', 'swiglu, rope', 'all (5)', 'all but rope' (leave-one-out)."""
+    names = [s["name"] for s in switches]
+    on = [n for n in names if n in set(on)] + [n for n in on if n not in names]
+    if not on:
+        return "none"
+    if len(names) > 1 and set(on) == set(names):
+        return f"all ({len(names)})"
+    missing = [n for n in names if n not in on]
+    if design == "leave-one-out" and len(missing) == 1:
+        return f"all but {missing[0]}"
+    return ", ".join(on)
+
+
+@dataclass
+class Analysis:
+    design: dict                   # the design (from design.json or inferred); "source" says which
+    groups: dict                   # {experiment: [runs]}
+    rows: list                     # one summary dict per experiment
+    family: dict                   # {comparison or effect name: family_stats entry}
+    family_kind: str               # "comparisons" or "effects"
+    notes: list                    # extra lines (skipped seeds, missing cells)
+
+
+def summarize_experiment(exp, runs, on, switches, design):
+    nll_mean, nll_std = mean_std([r.val_nll for r in runs])
+    params = [r.params for r in runs if r.params is not None]
+    ses = [r.val_nll_se for r in runs if r.val_nll_se is not None]
+    return {
+        "experiment": exp,
+        "switches": on_label(on, switches, design) if on is not None else "?",
+        "params": params[0] if params else None,
+        "n": sum(_is_num(r.val_nll) for r in runs),
+        "nll_mean": nll_mean,
+        "nll_std": nll_std,
+        "eval_se": mean_std(ses)[0] if ses else None,
+        "bpb_mean": mean_std([r.val_bpb for r in runs])[0],
+        "tokens": [r.tokens for r in runs],
+        "tps_mean": mean_std([r.tokens_per_s for r in runs])[0],
+        "train_time": mean_std([r.train_time for r in runs if r.train_time is not None])[0],
+        "eval_time": mean_std([r.eval_time for r in runs if r.eval_time is not None])[0],
+        "wall_time": mean_std([r.wall_time for r in runs if r.wall_time is not None])[0],
+        "stats": None,     # the family_stats entry of its comparison with the reference, if any
+    }
+
+
+def analyze(runs, design=None):
+    """Everything the report shows, from the runs and the design (design.json, else inferred)."""
+    if design is None:
+        design = find_design(runs)
+    groups = group_by_experiment(runs, [e["name"] for e in (design or {}).get("experiments", [])])
+    if design is None:
+        design = infer_design(groups)
+    switches = design.get("switches") or []
+    design_on = {e["name"]: e.get("on", []) for e in design.get("experiments", [])}
+    kind, ref, notes = design["design"], design.get("reference", "baseline"), []
+
+    def run_on(run):  # design.json first (what ablate.sh passed), else the run's config
+        if run.experiment in design_on:
+            return frozenset(design_on[run.experiment])
+        return config_on_set(run, switches)
+
+    rows = [summarize_experiment(e, rs, run_on(rs[0]) if rs else None, switches, kind) for e, rs in groups.items()]
+    if kind == "factorial":
+        names = [s["name"] for s in switches]
+        cells_by_seed = {}
+        for r in runs:
+            on = run_on(r)
+            if r.seed is not None and on is not None:
+                cells_by_seed.setdefault(r.seed, {})[on] = r.val_nll
+        samples, used, skipped = factorial_effects(cells_by_seed, names) if names else ({}, [], [])
+        if skipped:
+            notes.append(f"Seeds {', '.join(map(str, skipped))} lack some of the {2 ** len(names)} cells and are "
+                         f"left out of the effects.")
+        family, family_kind = family_stats(samples), "effects"
+    else:
+        ref_runs = {r.seed: r.val_nll for r in groups.get(ref, []) if r.seed is not None}
+        samples = {}
+        if ref in groups:
+            for e, rs in groups.items():
+                if e != ref:
+                    samples[e] = paired_diff({r.seed: r.val_nll for r in rs if r.seed is not None}, ref_runs)[1]
+        family, family_kind = family_stats(samples), "comparisons"
+        for row in rows:
+            row["stats"] = family.get(row["experiment"])
+    return Analysis(design, groups, rows, family, family_kind, notes)
+
+# -----------------------------------------------------------------------------
+# the report's sentences
+
+def _names(xs):
+    return ", ".join(xs) if xs else "none"
+
+
+def _fmt_range(values, digits=3):
+    values = [v for v in values if v is not None]
+    lo, hi = min(values), max(values)
+    return f"{lo:.{digits}f}" if f"{lo:.{digits}f}" == f"{hi:.{digits}f}" else f"{lo:.{digits}f}-{hi:.{digits}f}"
+
+
+def _fmt_seeds(n):
+    return f">{MAX_SEEDS:,}" if n is None or n > MAX_SEEDS else f"{n:,}"
+
+
+def effect_word(name, st, a):
+    """The verdict of one comparison/effect in words, for the table."""
+    if st["significant"] is None:
+        return st["reason"] if st["reason"] != "no spread between seeds: no test possible" else "no spread: no test"
+    if not st["significant"]:
+        return "not detected"
+    lower = st["mean"] < 0
+    if a.family_kind == "effects":
+        if " × " in name:
+            return "synergy (<0)" if lower else "interference (>0)"
+        return "lowers NLL" if lower else "raises NLL"
+    if a.design["design"] == "leave-one-out":
+        x = name.removeprefix("no_")
+        return f"{x} hurts" if lower else f"{x} helps"
+    return "better" if lower else "worse"
+
+
+def design_line(a):
+    d = a.design
+    seeds = sorted({r.seed for rs in a.groups.values() for r in rs if r.seed is not None})
+    names = _names([s["name"] for s in d.get("switches", [])])
+    ref = "" if d["design"] == "factorial" else f"; reference: {d.get('reference')}"
+    return (f"Design: {d['design']} ({d.get('source', 'design.json')}); switches: {names}{ref}; "
+            f"{len(a.groups)} experiments, {len(seeds)} seed(s), paired on seed.")
+
+
+def verdict_line(a):
+    """One sentence: the corrected verdicts of the report's family."""
+    fam = a.family
+    if not fam:
+        if a.family_kind == "comparisons":
+            return f"Verdict: no {a.design.get('reference', 'baseline')} runs (the reference), so nothing could be compared."
+        return "Verdict: no seed has every cell of the factorial, so no effect could be estimated."
+    tested = [x for x, st in fam.items() if st["significant"] is not None]
+    k = len(tested)
+    head = (f"Verdict (two-sided paired t-test, Holm-corrected over {k} "
+            f"{'effect' if a.family_kind == 'effects' else 'comparison'}{'s' if k != 1 else ''}, family-wise 5%): ")
+    untested = {}
+    for x, st in fam.items():
+        if st["significant"] is None:
+            untested.setdefault(st["reason"], []).append(x)
+    tail = "".join(f"; {reason}: {_names(xs)}" for reason, xs in untested.items())
+    if not tested:
+        return "Verdict: " + tail[2:] + "."
+    sig = lambda neg: [x for x in tested if fam[x]["significant"] and (fam[x]["mean"] < 0) == neg]
+    nd = [x for x in tested if not fam[x]["significant"]]
+    kind = a.design["design"]
+    if a.family_kind == "effects":
+        body = (f"lower NLL: {_names(sig(True))}; raise NLL: {_names(sig(False))}; not detected: {_names(nd)}")
+    elif kind == "leave-one-out":
+        helps = [x.removeprefix("no_") for x in sig(False)]
+        hurts = [x.removeprefix("no_") for x in sig(True)]
+        body = (f"helps inside the full recipe (removing it raises NLL): {_names(helps)}; "
+                f"hurts (removing it lowers NLL): {_names(hurts)}; not detected: {_names(nd)}")
+    else:
+        ref = a.design.get("reference", "baseline")
+        body = f"better than {ref}: {_names(sig(True))}; worse: {_names(sig(False))}; not detected: {_names(nd)}"
+    return head + body + tail + "."
+
+
+def power_line(a):
+    """Whether "not detected" means "no effect" or "too few seeds"."""
+    fam = a.family
+    nd = [x for x, st in fam.items() if st["significant"] is False]
+    untested = [x for x, st in fam.items() if st["significant"] is None]
+    parts = []
+    if nd:
+        sts = [fam[x] for x in nd]
+        ns = sorted({st["n"] for st in sts})
+        mde = _fmt_range([st["mde"] for st in sts])
+        need = [st["seeds_for_target"] for st in sts]
+        seeds = "/".join(map(str, ns))
+        if all(st["mde"] <= TARGET for st in sts):
+            parts.append(f"Not detected ({_names(nd)}): with {seeds} seeds and the observed noise these tests "
+                         f"would find |effect| >= {mde} nats (80% power, corrected level), so these effects are "
+                         f"probably smaller than that (a real null result, not a lack of seeds).")
+        else:
+            parts.append(f"Not detected ({_names(nd)}) does not mean no effect: with {seeds} seeds and the "
+                         f"observed noise (sd {_fmt_range([st['sd'] for st in sts])} nats) these tests only find "
+                         f"|effect| >= {mde} nats (80% power, corrected level); finding {TARGET} nats would need "
+                         f"{_fmt_seeds(min(need))}" + ("" if min(need) == max(need) else f"-{_fmt_seeds(max(need))}")
+                         + " seeds. Too few seeds, not evidence of no effect.")
+    sig = [x for x, st in fam.items() if st["significant"]]
+    if sig and not nd:
+        parts.append(f"Power: minimum detectable effect {_fmt_range([fam[x]['mde'] for x in sig])} nats "
+                     f"(80% power, corrected level).")
+    if untested:
+        parts.append(f"No test possible for {_names(untested)}: a paired t-test needs at least 2 seeds with "
+                     f"some spread (ablate.sh --seeds 3 or more).")
+    return " ".join(parts)
+
+
+def tokens_line(a):
+    """Tokens per arm, and a loud warning when the arms did not train on the same number of tokens."""
+    per_exp = {row["experiment"]: sorted({t for t in row["tokens"] if t is not None}) for row in a.rows}
+    all_tokens = sorted({t for ts in per_exp.values() for t in ts})
+    if not all_tokens:
+        return "Tokens per run: unknown (no results.json and no token counts in the logs).", False
+    if len(all_tokens) == 1:
+        return f"Tokens per run: {all_tokens[0]:,} in every run (equal budgets).", False
+    detail = "; ".join(f"{e} {fmt_tokens(ts)}" for e, ts in per_exp.items() if ts)
+    return (f"WARNING: the runs trained on DIFFERENT token counts ({all_tokens[0]:,} to {all_tokens[-1]:,}): "
+            f"the comparisons mix the change with the budget. Per experiment: {detail}."), True
+
+
+def timing_line(a):
+    """Training time vs evaluation time, and what tokens/s means."""
+    runs = [r for rs in a.groups.values() for r in rs]
+    tt = [r.train_time for r in runs if r.train_time is not None]
+    et = [r.eval_time for r in runs if r.eval_time is not None]
+    wt = [r.wall_time for r in runs if r.wall_time is not None]
+    if tt and et:
+        share = sum(et) / max(1e-9, sum(tt) + sum(et))
+        line = (f"Time per run (mean): training {fmt_time(np.mean(tt))}, evaluation {fmt_time(np.mean(et))} "
+                f"({share:.0%} of the two)" + (f", wall {fmt_time(np.mean(wt))}" if wt else "") +
+                "; tokens/s = training throughput (tokens / training time, evaluation excluded).")
+    else:
+        line = ("Time per run (mean): " + (f"wall {fmt_time(np.mean(wt))}" if wt else "unknown") +
+                "; training and evaluation time were not recorded (older train.py), so tokens/s may "
+                "include evaluation.")
+    return line
+
+
+def method_line(a):
+    kind = a.design["design"]
+    ref = a.design.get("reference", "baseline")
+    noise = ("NLL noise: ± = std over seeds; eval se = standard error of the final val NLL over validation "
+             "windows (mean over seeds).")
+    test = ("95% CI from Student t (df = n-1, per comparison); p = two-sided t-test; verdict = Holm-adjusted "
+            "p <= 0.05; MDE = (t(1-0.05/2k) + t(0.8)) · sd/√n with k tests and the sd of the per-seed values.")
+    if kind == "factorial":
+        what = ("Factorial effects per seed with ±1 coding: main effect A = mean(cells A on) - mean(cells A off); "
+                "interaction A × B = mean(cells where A, B agree) - mean(cells where they differ) = half the "
+                "change of A's effect when B turns on; A × B < 0: together they lower NLL more than the sum of "
+                "their separate gains (by 2|A × B|).")
+    elif kind == "leave-one-out":
+        what = ("Δ = val NLL of (all without x) - all, paired on seed: Δ > 0 means x helps inside the full "
+                "recipe, Δ < 0 that it hurts.")
+    else:
+        what = f"Δ = val NLL of the experiment - {ref}, paired on seed: Δ < 0 is better."
+    return " ".join([what, test, noise])
 
 # -----------------------------------------------------------------------------
 # formatting
@@ -309,40 +872,91 @@ def fmt_params(n):
     return "?" if n is None else f"{n / 1e6:.2f}M"
 
 
+def fmt_tokens(ts):
+    ts = sorted({t for t in ts if t is not None})
+    if not ts:
+        return "?"
+    f = lambda t: f"{t / 1e9:.3g}B" if t >= 1e9 else f"{t / 1e6:.3g}M" if t >= 1e6 else f"{t:,}"
+    return f(ts[0]) if len(ts) == 1 else f"{f(ts[0])}-{f(ts[-1])} (!)"
+
+
+def fmt_time(s):
+    if s is None or not _is_num(s):
+        return "?"
+    return f"{s:.1f}s" if s < 10 else f"{s:.0f}s" if s < 120 else f"{s / 60:.1f}m" if s < 7200 else f"{s / 3600:.1f}h"
+
+
 def fmt_mean_std(mean, std, n, digits=4):
     if not _is_num(mean):
         return "n/a"
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f} (n={n})"
 
 
-def table_cells(row):
-    """The report-table cells of one summary row, as strings."""
-    d = row["diff"]
-    if d is None:
-        diff, noise = "—", "—"
-    elif d["n"] == 0:
-        diff, noise = "n/a", "n/a (no paired seed)"
-    else:
-        mean = round(d["mean"], 4) + 0.0  # + 0.0 turns -0.0 into 0.0
-        diff = f"{mean:+.4f} ± {d['std']:.4f}" if d["std"] is not None else f"{mean:+.4f} (n=1)"
-        if d["beyond_noise"] is None:
-            noise = "n/a (1 seed)"
-        else:
-            noise = ("yes, better" if d["mean"] < 0 else "yes, worse") if d["beyond_noise"] else "no"
+def fmt_p(p):
+    if p is None:
+        return "n/a"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
+
+
+def _signed(x, digits=4):
+    return f"{round(x, digits) + 0.0:+.{digits}f}"  # + 0.0 turns -0.0 into 0.0
+
+
+def stats_cells(name, st, a):
+    """[mean, 95% CI, p, p (Holm), verdict, MDE, seeds for 0.02] of one comparison or effect."""
+    if st is None:
+        return ["—"] * 7
+    if st["n"] == 0:
+        return ["n/a", "n/a", "n/a", "n/a", "no paired seed", "n/a", "n/a"]
+    mean = _signed(st["mean"])
+    ci = f"[{_signed(st['ci'][0])}, {_signed(st['ci'][1])}]" if st["ci"] else "n/a"
+    mde = f"{st['mde']:.4f}" if st["mde"] is not None else "n/a"
+    need = _fmt_seeds(st["seeds_for_target"]) if st["seeds_for_target"] is not None else "n/a"
+    return [mean, ci, fmt_p(st["p"]), fmt_p(st["p_holm"]), effect_word(name, st, a), mde, need]
+
+
+def run_cells(row):
+    """[experiment, switches on, params, seeds, tokens, val NLL ± sd, eval se, val bpb, tokens/s, time]."""
     bpb = f"{row['bpb_mean']:.4f}" if _is_num(row["bpb_mean"]) else "n/a"
     tps = f"{row['tps_mean']:,.0f}" if _is_num(row["tps_mean"]) else "n/a"
-    return [row["experiment"], row["switches"], fmt_params(row["params"]),
-            fmt_mean_std(row["nll_mean"], row["nll_std"], row["n"]), diff, noise, bpb, tps]
+    se = f"{row['eval_se']:.4f}" if row["eval_se"] is not None else "n/a"
+    if _is_num(row["train_time"]) and _is_num(row["eval_time"]):
+        time = f"{fmt_time(row['train_time'])} / {fmt_time(row['eval_time'])}"
+    else:
+        time = f"? / ? ({fmt_time(row['wall_time'])} wall)" if _is_num(row["wall_time"]) else "?"
+    return [row["experiment"], row["switches"], fmt_params(row["params"]), str(row["n"]), fmt_tokens(row["tokens"]),
+            fmt_mean_std(row["nll_mean"], row["nll_std"], row["n"]), se, bpb, tps, time]
 
 
-TABLE_HEADER = ["experiment", "switches on", "params", "val NLL (mean ± std)",
-                "Δ vs baseline (paired)", "beyond noise?", "val bpb", "tokens/s"]
+RUN_HEADER = ["experiment", "switches on", "params", "seeds", "tokens", "val NLL (mean ± std)", "eval se",
+              "val bpb", "tokens/s (train)", "time train / eval"]
+STATS_HEADER = ["mean", "95% CI", "p", "p (Holm)", "verdict", "MDE (80%)", f"seeds for {TARGET}"]
 
 
-def markdown_table(rows):
-    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in table_cells(r)) + " |" for r in rows]
+def comparison_header(a):
+    if a.family_kind == "effects":
+        return ["effect"] + STATS_HEADER
+    ref = a.design.get("reference", "baseline")
+    return ["experiment", f"Δ vs {ref}"] + STATS_HEADER[1:]
+
+
+def comparison_rows(a):
+    return [[name] + stats_cells(name, st, a) for name, st in a.family.items()]
+
+
+def _md_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def markdown_tables(a):
+    """One row per experiment (with its comparison against the reference); factorial: plus an effects table."""
+    if a.family_kind == "effects":
+        return (_md_table(RUN_HEADER, [run_cells(r) for r in a.rows]) + "\n\nEffects (per-seed contrasts, "
+                "tested over seeds):\n\n" + _md_table(comparison_header(a), comparison_rows(a)))
+    header = RUN_HEADER + comparison_header(a)[1:]
+    return _md_table(header, [run_cells(r) + stats_cells(r["experiment"], r["stats"], a) for r in a.rows])
 
 
 def runs_table(runs):
@@ -368,6 +982,13 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def _colour(i, n):
+    if n <= 10:
+        return f"C{i % 10}"
+    import matplotlib
+    return matplotlib.colormaps["tab20"](i % 20)
 
 
 def train_curve(run, beta):
@@ -411,7 +1032,7 @@ def plot_runs(ax, runs, beta):
     """Plain mode: per run the raw train curve faint, its EMA on top, val points joined by a thin line."""
     curves = []
     for i, run in enumerate(runs):
-        c = f"C{i % 10}"
+        c = _colour(i, len(runs))
         steps, raw, smooth = train_curve(run, beta)
         vs, vn = val_curve(run)
         ax.plot(steps, raw, color=c, alpha=0.2, lw=0.8)
@@ -447,7 +1068,7 @@ def plot_experiments(ax, groups, beta):
     """Report mode: seeds of one experiment faint in one colour, the mean over seeds bold."""
     curves = []
     for i, (exp, runs) in enumerate(groups.items()):
-        c = f"C{i % 10}"
+        c = _colour(i, len(groups))
         for run in runs:
             steps, _, smooth = train_curve(run, beta)
             vs, vn = val_curve(run)
@@ -461,7 +1082,7 @@ def plot_experiments(ax, groups, beta):
     _set_ylim(ax, curves)
     _style_axes(ax, beta)
     if groups:
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7 if len(groups) <= 8 else 6, ncol=2 if len(groups) <= 8 else 3)
 
 
 def write_nll_png(runs, path, beta):
@@ -512,8 +1133,44 @@ def _fit_font(text, family="monospace"):
     return "".join(ch if ord(ch) in charmap else "?" for ch in text)
 
 
-def build_report_figure(groups, rows, verdict, note, samples, sample_desc, beta, title):
-    """The one-page A4 report: plot, table, verdict, note, samples. Returns the figure."""
+def report_text(a):
+    """The report's sentences in order: [(text, kind)], kind in bold / warn / normal / small."""
+    tokens, unequal = tokens_line(a)
+    lines = [(verdict_line(a), "bold")]
+    power = power_line(a)
+    if power:
+        lines.append((power, "normal"))
+    lines.append((tokens, "warn" if unequal else "normal"))
+    lines.append((timing_line(a) + " " + matching_note([r for rs in a.groups.values() for r in rs]), "normal"))
+    lines += [(n, "normal") for n in a.notes]
+    lines.append((method_line(a), "small"))
+    return lines
+
+
+def _draw_table(fig, rect, header, cells, size):
+    """A table filling rect; column widths follow their longest text, and the font shrinks when the
+    longest texts would not fit across the page."""
+    lens = [max([len(h) * 1.1] + [len(row[i]) for row in cells]) + 2 for i, h in enumerate(header)]
+    width_pt = rect[2] * A4_PORTRAIT[0] * 72
+    size = min(size, width_pt / (0.62 * sum(lens)))
+    ax = fig.add_axes(rect)
+    ax.axis("off")
+    table = ax.table(cellText=cells, colLabels=header, colWidths=[x / sum(lens) for x in lens], cellLoc="center",
+                     bbox=[0, 0, 1, 1])
+    table.auto_set_font_size(False)
+    table.set_fontsize(size)
+    for (r, _), cell in table.get_celld().items():
+        cell.set_linewidth(0.4)
+        cell.get_text().set_parse_math(False)
+        if r == 0:
+            cell.set_text_props(weight="bold")
+            cell.set_facecolor("#e8e8e8")
+    return ax
+
+
+def build_report_figure(a, samples, sample_desc, beta, title):
+    """The one-page A4 report: design, plot, run table, comparison/effect table, verdict and notes,
+    samples (as many as fit). Returns the figure."""
     plt = _pyplot()
     fig = plt.figure(figsize=A4_PORTRAIT)
     page_pt = A4_PORTRAIT[1] * 72
@@ -521,42 +1178,51 @@ def build_report_figure(groups, rows, verdict, note, samples, sample_desc, beta,
     def line_h(size):  # height of one text line, in figure fraction
         return size * 1.3 / page_pt
 
-    fig.text(0.5, 0.975, textwrap.shorten(title, 80), ha="center", va="top", fontsize=13,
+    def text(y, s, size, width, **kw):
+        lines = textwrap.wrap(s, width) or [""]
+        fig.text(0.04, y, "\n".join(lines), va="top", fontsize=size, linespacing=1.3, parse_math=False, **kw)
+        return y - line_h(size) * len(lines)
+
+    n_rows = len(a.rows) + len(a.family) + 2
+    dense = n_rows > 16
+    row_h, tsize = (0.0125, 5.5) if dense else (0.017, 6.5)
+    fig.text(0.5, 0.978, textwrap.shorten(title, 80), ha="center", va="top", fontsize=13,
              weight="bold", parse_math=False)
-    ax = fig.add_axes([0.10, 0.60, 0.86, 0.33])
-    plot_experiments(ax, groups, beta)
+    y = text(0.955, design_line(a), 7.5, 130)
+    plot_h = 0.20 if dense else 0.27
+    ax = fig.add_axes([0.10, y - 0.03 - plot_h, 0.86, plot_h])
+    plot_experiments(ax, a.groups, beta)
+    y = y - 0.03 - plot_h - 0.04   # room for the x label
 
-    tab_ax = fig.add_axes([0.03, 0.555 - 0.024 * (len(rows) + 1), 0.94, 0.024 * (len(rows) + 1)])
-    tab_ax.axis("off")
-    table = tab_ax.table(cellText=[table_cells(r) for r in rows], colLabels=TABLE_HEADER,
-                         colWidths=[0.09, 0.13, 0.07, 0.16, 0.18, 0.13, 0.08, 0.09], cellLoc="center",
-                         bbox=[0, 0, 1, 1])
-    table.auto_set_font_size(False)
-    table.set_fontsize(6.5)
-    for (r, _), cell in table.get_celld().items():
-        cell.set_linewidth(0.4)
-        cell.get_text().set_parse_math(False)
-        if r == 0:
-            cell.set_text_props(weight="bold")
-            cell.set_facecolor("#e8e8e8")
+    h = row_h * (len(a.rows) + 1)
+    _draw_table(fig, [0.03, y - h, 0.94, h], RUN_HEADER, [run_cells(r) for r in a.rows], tsize)
+    y -= h + 0.008
+    if a.family:
+        h = row_h * (len(a.family) + 1)
+        _draw_table(fig, [0.03, y - h, 0.94, h], comparison_header(a), comparison_rows(a), tsize)
+        y -= h + 0.008
 
-    y = tab_ax.get_position().y0 - 0.012
-    for text, size, weight in [(verdict, 8.5, "bold"), (note, 8, "normal"),
-                               ("Noise: an experiment exceeds the noise when |mean paired diff| > 2 x standard "
-                                "error of the paired (same-seed) differences; needs n >= 2 seeds.", 7.5, "normal")]:
-        lines = textwrap.wrap(text, 120 if size < 8 else 112)
-        fig.text(0.04, y, "\n".join(lines), va="top", fontsize=size, weight=weight, linespacing=1.3,
-                 parse_math=False)
-        y -= line_h(size) * len(lines) + 0.006
+    for s, kind in report_text(a):
+        size = 6.5 if kind == "small" else 7.5 if dense else 8
+        width = 150 if kind == "small" else 135 if dense else 125
+        kw = {"weight": "bold"} if kind in ("bold", "warn") else {}
+        if kind == "warn":
+            kw["color"] = "#c00000"
+        y = text(y, s, size, width, **kw) - 0.004
 
-    fig.text(0.04, y, sample_desc, va="top", fontsize=8, weight="bold", parse_math=False)
-    y -= line_h(8) + 0.004
-    size, width = 6.5, 136  # monospace: ~0.6 em per char, ~140 chars fit in 0.92 of the page width
+    y -= 0.002
+    fig.text(0.04, y, sample_desc, va="top", fontsize=7.5, weight="bold", parse_math=False)
+    y -= line_h(7.5) + 0.003
+    size, width = 6 if dense else 6.5, 146 if dense else 136  # monospace: ~0.6 em per char
     if samples:
         label_w = max(len(e) for e in samples) + 2
-        max_lines = max(1, min(4, int((y - 0.015) / line_h(size)) // len(samples)))
-        for exp, (_, text) in samples.items():
-            lines = textwrap.wrap(_fit_font(text), width, initial_indent=f"{exp}:".ljust(label_w),
+        fit = int((y - 0.012) / line_h(size))          # text lines that still fit on the page
+        shown = list(samples.items())
+        if fit < len(shown):
+            shown = shown[:max(0, fit - 1)]
+        max_lines = max(1, min(4, fit // max(1, len(samples))))
+        for exp, (_, s) in shown:
+            lines = textwrap.wrap(_fit_font(s), width, initial_indent=f"{exp}:".ljust(label_w),
                                   subsequent_indent=" " * label_w) or [exp]
             if len(lines) > max_lines:
                 lines = lines[:max_lines]
@@ -564,6 +1230,9 @@ def build_report_figure(groups, rows, verdict, note, samples, sample_desc, beta,
             fig.text(0.04, y, "\n".join(lines), va="top", fontsize=size, family="monospace",
                      linespacing=1.3, parse_math=False)
             y -= line_h(size) * len(lines)
+        if len(shown) < len(samples):
+            fig.text(0.04, y, f"({len(samples) - len(shown)} more samples in report.md)", va="top", fontsize=size,
+                     family="monospace", parse_math=False)
     return fig
 
 
@@ -572,11 +1241,32 @@ def count_pdf_pages(path):
     return len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", Path(path).read_bytes()))
 
 
-def write_report_md(path, png_name, rows, verdict, note, samples, sample_desc, title):
-    parts = [f"# {title}", "", note, "", f"![NLL vs step]({png_name})", "", markdown_table(rows), "",
-             f"**{verdict}**", "",
-             "Noise: an experiment exceeds the noise when |mean paired diff| > 2 × standard error of the "
-             "paired (same-seed) differences, with n ≥ 2 seeds.", ""]
+def _time_budget(config):
+    """The config's max_time as text ("4h", or "90 s" for a number), or None when not set."""
+    t = config.get("max_time")
+    if isinstance(t, str) and t.strip():
+        return t.strip()
+    return f"{t:g} s" if _is_num(t) and t > 0 else None
+
+
+def matching_note(runs):
+    """Say whether the runs were time-matched (config max_time set) or step-matched."""
+    budgets = [_time_budget(r.config) for r in runs]
+    timed = sorted({b for b in budgets if b is not None})
+    if timed and None not in budgets:
+        stopped = sum((r.results or {}).get("stopped_by") == "max_time" for r in runs)
+        return (f"Runs were time-matched: max_time = {', '.join(timed)}; {stopped}/{len(runs)} stopped on time, "
+                f"so step counts differ between runs.")
+    if not timed:
+        iters = sorted({r.config.get("max_iters") for r in runs}, key=str)
+        return f"Runs were step-matched: max_iters = {', '.join(map(str, iters))} (max_time not set)."
+    return "Runs were mixed: some time-matched (max_time set), some step-matched; compare with care."
+
+
+def write_report_md(path, png_name, a, samples, sample_desc, title):
+    parts = [f"# {title}", "", design_line(a), "", f"![NLL vs step]({png_name})", "", markdown_tables(a), ""]
+    for s, kind in report_text(a):
+        parts += [f"**{s}**" if kind in ("bold", "warn") else s, ""]
     parts += ["## Samples", "", sample_desc, ""]
     for exp, (run_name, text) in samples.items():
         parts += [f"**{exp}** ({run_name}):", "", "~~~text", text.replace("~~~", "~ ~ ~"), "~~~", ""]
@@ -585,36 +1275,59 @@ def write_report_md(path, png_name, rows, verdict, note, samples, sample_desc, t
     Path(path).write_text("\n".join(parts), encoding="utf-8")
 
 
-def write_report(runs, pdf_path, beta, samples, sample_desc):
-    """Write report.pdf (one page), report.md and report.png next to each other; return the paths."""
+def write_report(runs, pdf_path, beta, samples, sample_desc, design=None):
+    """Write report.pdf (one page), report.md and report.png next to each other; return (analysis, paths)."""
     pdf_path = Path(pdf_path)
     pdf_path.parent.mkdir(parents=True, exist_ok=True)
     md_path, png_path = pdf_path.with_suffix(".md"), pdf_path.with_suffix(".png")
-    groups = group_by_experiment(runs)
-    rows = summarize(groups)
-    verdict, note = verdict_line(rows), matching_note(runs)
+    a = analyze(runs, design)
+    if tokens_line(a)[1]:
+        print(f"plot.py: {tokens_line(a)[0]}", file=sys.stderr)
     title = f"gpt-ablate report: {pdf_path.resolve().parent.name}"
 
     plt = _pyplot()
-    fig = build_report_figure(groups, rows, verdict, note, samples, sample_desc, beta, title)
+    fig = build_report_figure(a, samples, sample_desc, beta, title)
     fig.savefig(pdf_path)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    plot_experiments(ax, groups, beta)
+    plot_experiments(ax, a.groups, beta)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     plt.close(fig)
-    write_report_md(md_path, png_path.name, rows, verdict, note, samples, sample_desc, title)
+    write_report_md(md_path, png_path.name, a, samples, sample_desc, title)
 
     pages = count_pdf_pages(pdf_path)
     if pages != 1:
         raise RuntimeError(f"{pdf_path} has {pages} pages, expected exactly 1")
-    return rows, verdict, (pdf_path, md_path, png_path)
+    return a, (pdf_path, md_path, png_path)
 
 # -----------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's default also prints the usage)
+        print(f"plot.py: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+EPILOG = """\
+designs (--print-design; ablate.sh writes the json to OUT/design.json):
+  one-at-a-time  baseline, each switch alone, all          reference: baseline
+  leave-one-out  all, no_<x> (all without x) for each x    reference: all
+  factorial      every combination: baseline, a, a+b, ..., all (main effects and two-way interactions)
+  Each experiment sets every registered switch (--use_x=True/False) and --KEY=VALUE for value switches on.
+  --format json: {"design", "reference", "switches": [{"name", "key", "on", "off"}],
+                  "experiments": [{"name", "on", "args"}]};  --format tsv: "name<TAB>args" per experiment.
+
+report statistics: paired on seed; mean, 95% CI (Student t, df = n-1), two-sided p, Holm-Bonferroni verdict
+at family-wise 5% over the report's comparisons (factorial: its main effects and interactions); minimum
+detectable effect at 80% power and seeds needed for 0.02 nats. One seed: no test, said plainly.
+"""
+
+
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description="Plot NLL curves of gpt-ablate runs; build the ablation report.")
+    p = _Parser(description="Plot NLL curves of gpt-ablate runs; build the ablation report; print the "
+                            "ablation's experiments (--print-design).",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("logs", nargs="*", help="log.txt files (or run folders)")
     p.add_argument("-o", "--out", default=None, help="PNG to write (default nll.png; in report mode only if given)")
     p.add_argument("--report", default=None, help="write a one-page report PDF here (plus .md and .png next to it)")
@@ -624,12 +1337,35 @@ def get_args(argv=None):
     p.add_argument("--sample_tokens", type=int, default=40, help="report: new tokens per sample")
     p.add_argument("--sample_seed", type=int, default=1337, help="report: sampling seed (same for all)")
     p.add_argument("--no_samples", action="store_true", help="report: skip generating samples")
+    g = p.add_argument_group("designs")
+    g.add_argument("--print-design", action="store_true", help="print the experiments of a design and exit")
+    g.add_argument("--design", default=None, help=f"one of {', '.join(DESIGNS)} (default one-at-a-time)")
+    g.add_argument("--switches", default=None,
+                   help="comma-separated registered switches (default: those train.py marks ablate=True)")
+    g.add_argument("--switch", action="append", default=[], metavar="KEY=VALUE",
+                   help="add a value switch (repeatable): off = the config's value, on = --KEY=VALUE")
+    g.add_argument("--format", default="json", help="json (default) or tsv")
     return p.parse_args(argv)
+
+
+def print_design(args):
+    names = None if args.switches is None else [s.strip() for s in args.switches.split(",") if s.strip()]
+    d = make_design(args.design or "one-at-a-time", choose_switches(names, args.switch))
+    print(format_design(d, args.format))
 
 
 def main(argv=None):
     args = get_args(argv)
     try:
+        if args.print_design:
+            if args.logs or args.report:
+                raise UsageError("--print-design takes no log files and no --report")
+            if args.format not in ("json", "tsv"):
+                raise UsageError(f"unknown format '{args.format}' (formats: json, tsv)")
+            print_design(args)
+            return 0
+        if args.design or args.switches is not None or args.switch or args.format != "json":
+            raise UsageError("--design, --switches, --switch and --format only go with --print-design")
         if not args.logs:
             raise UsageError("no log files given (usage: python plot.py out/*/log.txt [-o nll.png])")
         if args.smooth is not None and not 0 <= args.smooth < 1:
@@ -648,13 +1384,16 @@ def main(argv=None):
         desc = (f'Samples: prompt "{clean_text(args.sample_prompt)}", {args.sample_tokens} new tokens, '
                 f"temperature 0.8, top_k 50, seed {args.sample_seed}; lowest-seed ckpt.pt of each experiment")
         samples = {} if args.no_samples else generate_report_samples(
-            group_by_experiment(runs), args.sample_prompt, args.sample_tokens, seed=args.sample_seed)
+            group_by_experiment(runs, [e["name"] for e in (find_design(runs) or {}).get("experiments", [])]),
+            args.sample_prompt, args.sample_tokens, seed=args.sample_seed)
         if args.no_samples:
             desc = "Samples: skipped (--no_samples)"
-        rows, verdict, paths = write_report(runs, args.report, args.smooth, samples, desc)
+        a, paths = write_report(runs, args.report, args.smooth, samples, desc)
         print()
-        print(markdown_table(rows))
-        print(verdict)
+        print(design_line(a))
+        print(markdown_tables(a))
+        print(verdict_line(a))
+        print(power_line(a))
         print("wrote " + ", ".join(map(str, paths)))
     return 0
 

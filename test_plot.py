@@ -1,30 +1,43 @@
-"""Tests for plot.py on synthetic run folders (no training, no checkpoints). Run: pytest -q test_plot.py"""
+"""Tests for plot.py on synthetic run folders (no training, no checkpoints): the report's statistics
+(null simulation, power, known numbers, Holm, factorial effects), the experiment designs that ablate.sh
+runs (--print-design) and the report itself. Random choices are seeded. Run: pytest -q test_plot.py"""
 
+import itertools
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import scipy.stats
 
 import plot
+import train
 
 HERE = Path(__file__).resolve().parent
-EXPERIMENTS = ["baseline", "swiglu", "rope", "warmup", "cosine", "rmsnorm", "all"]
-FLAGS = {"baseline": [], "swiglu": ["swiglu"], "rope": ["rope"], "warmup": ["warmup"], "cosine": ["cosine"],
-         "rmsnorm": ["rmsnorm"], "all": ["swiglu", "rope", "warmup", "cosine", "rmsnorm"]}
+DEFAULT = [n for n, k in train.SWITCHES.items() if train.CONFIG_FIELDS[k].metadata["ablate"]]
+EXPERIMENTS = ["baseline"] + DEFAULT + ["all"]
+
+
+def flags_of(experiment):
+    """The switches an experiment of the default one-at-a-time design turns on."""
+    return {"baseline": [], "all": DEFAULT}.get(experiment, [experiment])
 
 
 def make_run(out_dir, final_nll, experiment="baseline", seed=1, steps=100, finished=True, max_time="",
-             extra_lines=()):
-    """Write a log.txt (and results.json when finished) in the train.py contract format."""
+             extra_lines=(), on=None, config=None, results=None):
+    """Write a log.txt (and results.json when finished) in the train.py contract format.
+    on: switch names turned on (default: from the experiment name); config/results: extra keys."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = {f"use_{s}": s in FLAGS.get(experiment, []) for s in ["swiglu", "rope", "rmsnorm", "warmup", "cosine"]}
-    config.update(seed=seed, max_iters=steps, max_time=max_time)
+    on = flags_of(experiment) if on is None else on
+    cfg = {key: name in on for name, key in train.SWITCHES.items()}
+    cfg.update(seed=seed, max_iters=steps, max_time=max_time, **(config or {}))
     params = {"total": 1_000_000, "non_embedding": 400_000}
-    events = [{"event": "start", "step": 0, "config": config, "params": params, "horizon": steps}]
+    events = [{"event": "start", "step": 0, "config": cfg, "params": params, "horizon": steps}]
     for s in range(0, steps + 1, 10):
         frac = s / steps
         nll = final_nll + 8.0 * (1 - frac) ** 3
@@ -38,27 +51,33 @@ def make_run(out_dir, final_nll, experiment="baseline", seed=1, steps=100, finis
     lines = [json.dumps(e) for e in events] + list(extra_lines)
     (out_dir / "log.txt").write_text("\n".join(lines) + "\n")
     if finished:
-        results = {"val_nll": final_nll, "val_bpb": final_nll / math.log(2) / 4.0, "train_nll": final_nll - 0.05,
-                   "params": params, "steps": steps, "tokens": steps * 512, "wall_time": steps * 0.1,
-                   "tokens_per_s": 5000.0, "horizon": steps,
-                   "stopped_by": "max_time" if max_time else "max_iters", "config": config}
-        (out_dir / "results.json").write_text(json.dumps(results))
+        res = {"val_nll": final_nll, "val_bpb": final_nll / math.log(2) / 4.0, "train_nll": final_nll - 0.05,
+               "params": params, "steps": steps, "tokens": steps * 512, "wall_time": steps * 0.1,
+               "tokens_per_s": 5000.0, "horizon": steps,
+               "stopped_by": "max_time" if max_time else "max_iters", "config": cfg}
+        res.update(results or {})
+        (out_dir / "results.json").write_text(json.dumps(res))
     return out_dir / "log.txt"
 
 
-# final val NLL per experiment and seed: swiglu clearly better, rmsnorm clearly worse, warmup within noise
-FINALS = {
-    "baseline": (3.0, 3.2), "swiglu": (2.9, 3.05), "rope": (2.95, 3.12), "warmup": (3.05, 3.1),
-    "cosine": (2.98, 3.17), "rmsnorm": (3.1, 3.3), "all": (2.8, 3.0),
-}
+# final val NLL per experiment and seed (3 seeds): the seed moves every arm together (pairing removes it);
+# swiglu and all clearly better, rmsnorm clearly worse, warmup/rope/cosine inside the noise
+BASE = (3.0, 3.2, 3.1)
+SHIFT = {"baseline": (0, 0, 0), "swiglu": (-0.101, -0.099, -0.100), "rope": (0.03, -0.04, 0.01),
+         "rmsnorm": (0.100, 0.102, 0.099), "warmup": (0.01, -0.02, 0.012), "cosine": (-0.05, 0.03, 0.0),
+         "all": (-0.200, -0.203, -0.198)}
+NEW_KEYS = {"val_nll_se": 0.004, "train_time": 9.0, "eval_time": 1.0, "tokens_per_s": 51_200 / 9.0}
 
 
 @pytest.fixture
 def ablation_dir(tmp_path):
+    """A one-at-a-time ablation of the default switches, 3 seeds, with a design.json as ablate.sh writes it."""
     root = tmp_path / "abl"
     for exp in EXPERIMENTS:
-        for seed, nll in zip((1, 2), FINALS[exp]):
-            make_run(root / exp / f"seed{seed}", nll, exp, seed, steps=100)
+        for seed in (1, 2, 3):
+            make_run(root / exp / f"seed{seed}", BASE[seed - 1] + SHIFT.get(exp, (0.003, -0.002, 0.0))[seed - 1],
+                     exp, seed, results=NEW_KEYS)
+    (root / "design.json").write_text(json.dumps(plot.make_design()))
     return root
 
 
@@ -66,25 +85,259 @@ def all_logs(root):
     return sorted(str(p) for p in Path(root).glob("*/*/log.txt"))
 
 
+def md_rows(md):
+    """{first cell: [cells]} of the first markdown table in md, header row included."""
+    lines = md.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("|"))
+    out = {}
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        if not line.startswith("|---"):
+            cells = [c.strip() for c in line.split("|")[1:-1]]
+            out[cells[0]] = cells
+    return out
+
 # -----------------------------------------------------------------------------
-# statistics on known numbers
-
-def test_paired_diff_known_numbers():
-    d = plot.paired_diff({1: 2.9, 2: 3.05}, {1: 3.0, 2: 3.2})
-    assert d["seeds"] == [1, 2] and d["n"] == 2
-    assert d["diffs"] == pytest.approx([-0.1, -0.15])
-    assert d["mean"] == pytest.approx(-0.125)
-    assert d["std"] == pytest.approx(math.sqrt(2) * 0.025)   # ddof=1 std of (-0.1, -0.15)
-    assert d["se"] == pytest.approx(0.025)
-    assert d["beyond_noise"] is True                         # 0.125 > 2 * 0.025
+# statistics: null simulation, power, known numbers, Holm, factorial
 
 
-def test_paired_diff_pairs_only_shared_seeds_and_handles_noise():
-    d = plot.paired_diff({1: 3.0, 2: 3.3, 5: 9.9}, {1: 3.1, 2: 3.1, 7: 0.0})
-    assert d["seeds"] == [1, 2] and d["diffs"] == pytest.approx([-0.1, 0.2])
-    assert d["mean"] == pytest.approx(0.05) and d["beyond_noise"] is False
-    one = plot.paired_diff({1: 2.9}, {1: 3.0, 2: 3.2})
-    assert one["n"] == 1 and one["std"] is None and one["beyond_noise"] is None
+def old_two_se_rule(diffs):
+    """The rule plot.py used before: |mean| > 2 standard errors, no correction (kept here as the foil)."""
+    d = np.asarray(diffs)
+    return abs(d.mean()) > 2 * d.std(ddof=1) / math.sqrt(len(d))
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_null_reports_keep_the_family_wise_error_at_5_percent(n):
+    """All 7 arms i.i.d. from one distribution (a seed effect shared by the arms, plus arm noise): no change
+    has an effect. The report's own function may name a false winner/loser in at most 5% of reports (plus
+    3 binomial sigmas of simulation error); the old 2-SE rule does so far more often."""
+    rng = np.random.default_rng(20240 + n)
+    reports, fw_new, fw_old = 4000, 0, 0
+    for _ in range(reports):
+        y = rng.normal(0, 0.1, size=(1, n)) + rng.normal(3.0, 0.05, size=(7, n))   # seed effect + arm noise
+        diffs = {f"exp{i}": list(y[i] - y[0]) for i in range(1, 7)}
+        fam = plot.family_stats(diffs)
+        assert all(st["k"] == 6 for st in fam.values())
+        fw_new += any(st["significant"] for st in fam.values())
+        fw_old += any(old_two_se_rule(d) for d in diffs.values())
+    limit = 0.05 + 3 * math.sqrt(0.05 * 0.95 / reports)
+    assert fw_new / reports <= limit, (n, fw_new / reports)
+    assert fw_old / reports > 0.25, (n, fw_old / reports)   # the test can tell a broken rule from a good one
+
+
+def test_large_true_effect_is_found_and_its_ci_excludes_zero():
+    """-0.1 nats with a paired sd of 0.01, n = 3, among 5 null comparisons: found as better (MDE ~0.07)."""
+    rng = np.random.default_rng(11)
+    found, ci_below, wrong = 0, 0, 0
+    for _ in range(200):
+        y = rng.normal(3.0, 0.05, size=(1, 3)) + rng.normal(0, 0.01 / math.sqrt(2), size=(7, 3))
+        y[1] -= 0.1
+        fam = plot.family_stats({f"exp{i}": list(y[i] - y[0]) for i in range(1, 7)})
+        st = fam["exp1"]
+        found += st["significant"] and st["mean"] < 0
+        ci_below += st["ci"][1] < 0
+        wrong += any(fam[f"exp{i}"]["significant"] for i in range(2, 7))
+    assert found >= 170 and ci_below == 200 and wrong <= 10   # power ~93% (observed sd varies at n = 3)
+
+
+def test_known_numbers_t_p_ci():
+    diffs = [-0.1, -0.12, -0.08]
+    st = plot.family_stats({"x": diffs})["x"]
+    se = 0.02 / math.sqrt(3)
+    assert st["n"] == 3 and st["df"] == 2
+    assert st["mean"] == pytest.approx(-0.1) and st["sd"] == pytest.approx(0.02) and st["se"] == pytest.approx(se)
+    assert st["se"] == pytest.approx(0.011547, abs=1e-6)
+    assert st["t"] == pytest.approx(-8.660, abs=1e-3)
+    half = 4.302653 * 0.011547
+    assert st["ci"] == (pytest.approx(-0.1 - half, abs=1e-5), pytest.approx(-0.1 + half, abs=1e-5))
+    # the paired t-test of two arms, as scipy computes it
+    base = np.array([3.0, 3.2, 3.1])
+    ref = scipy.stats.ttest_rel(base + diffs, base)
+    assert st["p"] == pytest.approx(ref.pvalue, rel=1e-6) and st["p"] == pytest.approx(0.01307, abs=1e-5)
+    assert st["significant"] is True and st["p_holm"] == st["p"] and st["k"] == 1   # a family of one
+    # Student t critical values (REFERENCE.md) and agreement with scipy.stats.t
+    for n, crit in [(2, 12.71), (3, 4.30), (4, 3.18), (5, 2.78), (10, 2.26)]:
+        assert plot.t_quantile(0.975, n - 1) == pytest.approx(crit, abs=0.005)
+        assert plot.t_quantile(0.975, n - 1) == pytest.approx(scipy.stats.t.ppf(0.975, n - 1), rel=1e-9)
+    assert plot.t_sf(2.0, 3) == pytest.approx(scipy.stats.t.sf(2.0, 3), rel=1e-9)
+    # 6 comparisons at family-wise 5%, n = 3: the first Holm step needs |t| > t(1 - 0.05/12, df 2)
+    assert plot.t_quantile(1 - 0.05 / 12, 2) == pytest.approx(10.886, abs=1e-3)
+
+
+def test_no_test_with_one_seed_or_no_spread():
+    fam = plot.family_stats({"one": [-0.3], "flat": [0.1, 0.1, 0.1], "none": [], "ok": [-0.1, -0.12, -0.08]})
+    assert fam["one"]["significant"] is None and fam["one"]["reason"] == "1 seed: no test possible"
+    assert fam["flat"]["significant"] is None and "no spread" in fam["flat"]["reason"]
+    assert fam["none"]["reason"] == "no paired seed"
+    assert fam["ok"]["k"] == 1 and fam["ok"]["significant"] is True     # untestable ones are not in the family
+    assert plot.paired_diff({1: 3.0, 2: 3.3, 5: 9.9}, {1: 3.1, 2: 3.1, 7: 0.0}) == ([1, 2], pytest.approx([-0.1, 0.2]))
+
+
+def test_holm_by_hand():
+    # sorted: 0.005 <= .05/4 yes; 0.01 <= .05/3 yes; 0.03 <= .05/2 no -> stop (0.04 < .05 is NOT rejected)
+    adj, rej = plot.holm([0.01, 0.04, 0.03, 0.005])
+    assert rej == [True, False, False, True]
+    assert adj == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # the step-down stops at the first failure even when a later p is below its own threshold
+    adj, rej = plot.holm([0.002, 0.03, 0.02, 0.049])
+    assert rej == [True, False, False, False] and adj == pytest.approx([0.008, 0.06, 0.06, 0.06])
+    # Holm rejects more than Bonferroni (0.015 > 0.05/3 but <= 0.05/2), None is passed through
+    adj, rej = plot.holm([0.01, None, 0.015, 0.04])
+    assert rej == [True, None, True, True] and adj == pytest.approx([0.03, None, 0.03, 0.04])
+    assert plot.holm([]) == ([], [])
+
+
+def test_mde_and_seeds_needed():
+    # (t_{1-a/2k, n-1} + t_{0.8, n-1}) * sd / sqrt(n): n = 3, sd = 0.02, k = 1 -> (4.3027 + 1.0607) * 0.011547
+    assert plot.min_detectable_effect(0.02, 3, 1) == pytest.approx((4.302653 + 1.060660) * 0.02 / math.sqrt(3),
+                                                                   rel=1e-5)
+    k6 = plot.min_detectable_effect(0.02, 3, 6)
+    assert k6 == pytest.approx((scipy.stats.t.ppf(1 - 0.05 / 12, 2) + scipy.stats.t.ppf(0.8, 2)) * 0.02 / math.sqrt(3))
+    # the formula is the usual approximation: its power is ~80% (exact noncentral t, alpha 5%)
+    for n in (5, 10, 30):
+        nc = plot.min_detectable_effect(1.0, n, 1) * math.sqrt(n)
+        crit = scipy.stats.t.ppf(0.975, n - 1)
+        assert 0.78 < scipy.stats.nct.sf(crit, n - 1, nc) + scipy.stats.nct.cdf(-crit, n - 1, nc) < 0.81
+    for sd, k in [(0.001, 1), (0.01, 6), (0.03, 6), (0.1, 10), (0.5, 6)]:
+        n = plot.seeds_needed(sd, k)
+        assert plot.min_detectable_effect(sd, n, k) <= 0.02
+        assert n == 2 or plot.min_detectable_effect(sd, n - 1, k) > 0.02
+    assert plot.seeds_needed(0.01, 6) == next(n for n in range(2, 100) if plot.min_detectable_effect(0.01, n, 6) <= 0.02)
+    assert plot.seeds_needed(10.0, 6) == plot.MAX_SEEDS + 1     # not reachable: reported as "> 100,000"
+    st = plot.family_stats({"x": [-0.1, -0.12, -0.08]})["x"]
+    assert st["mde"] == pytest.approx(plot.min_detectable_effect(0.02, 3, 1))
+    assert st["seeds_for_target"] == plot.seeds_needed(0.02, 1) == 10
+
+
+def test_factorial_recovers_main_effect_and_interaction():
+    """2^3 design: A lowers NLL by 0.1, and by 0.04 less when B is also on; C does nothing."""
+    names = ["A", "B", "C"]
+    rng = np.random.default_rng(3)
+
+    def cells(noise, seed_shift):
+        out = {}
+        for r in range(4):
+            for on in map(frozenset, itertools.combinations(names, r)):
+                y = 3.0 + seed_shift - 0.1 * ("A" in on) + 0.04 * ("A" in on and "B" in on)
+                out[on] = y + rng.normal(0, noise)
+        return out
+
+    # exact: main A = -0.1 + 0.04/2 = -0.08; main B = +0.02; A x B = ((-0.06) - (-0.1)) / 2 = +0.02
+    eff, used, skipped = plot.factorial_effects({1: cells(0, 0.0), 2: cells(0, 0.3)}, names)
+    assert used == [1, 2] and skipped == []
+    assert eff["A"] == pytest.approx([-0.08, -0.08]) and eff["B"] == pytest.approx([0.02, 0.02])
+    assert eff["A × B"] == pytest.approx([0.02, 0.02])
+    for e in ["C", "A × C", "B × C"]:
+        assert eff[e] == pytest.approx([0, 0], abs=1e-12)
+    # with noise and 4 seeds, through the same statistics: A and A x B found, with the right sign
+    by_seed = {s: cells(0.003, 0.1 * s) for s in range(1, 5)}
+    del by_seed[4][frozenset({"C"})]                       # a seed missing a cell is left out
+    eff, used, skipped = plot.factorial_effects(by_seed, names)
+    assert used == [1, 2, 3] and skipped == [4]
+    fam = plot.family_stats(eff)
+    assert len(fam) == 6 and all(st["k"] == 6 for st in fam.values())
+    assert fam["A"]["significant"] and fam["A"]["mean"] == pytest.approx(-0.08, abs=0.01)
+    assert fam["A × B"]["significant"] and fam["A × B"]["mean"] == pytest.approx(0.02, abs=0.01)
+    assert fam["B"]["significant"] and not fam["C"]["significant"]
+
+# -----------------------------------------------------------------------------
+# designs (--print-design)
+
+
+def print_design(capsys, *argv):
+    assert plot.main(["--print-design", *argv]) == 0
+    return capsys.readouterr().out
+
+
+def test_print_design_default_one_at_a_time(capsys):
+    d = json.loads(print_design(capsys))
+    assert d["design"] == "one-at-a-time" and d["reference"] == "baseline"
+    assert [s["name"] for s in d["switches"]] == DEFAULT
+    assert d["switches"][0] == {"name": DEFAULT[0], "key": train.SWITCHES[DEFAULT[0]], "on": True, "off": False}
+    assert [e["name"] for e in d["experiments"]] == EXPERIMENTS
+    for e in d["experiments"]:
+        assert e["on"] == flags_of(e["name"])
+        # every registered switch set explicitly, chosen or not
+        assert e["args"] == [f"--{k}={n in e['on']}" for n, k in train.SWITCHES.items()]
+    tsv = print_design(capsys, "--format", "tsv").splitlines()
+    assert [l.split("\t")[0] for l in tsv] == EXPERIMENTS
+    assert tsv[1] == "swiglu\t" + " ".join(f"--{k}={n == 'swiglu'}" for n, k in train.SWITCHES.items())
+
+
+def test_print_design_leave_one_out_and_factorial(capsys):
+    d = json.loads(print_design(capsys, "--design", "leave-one-out", "--switches", "rope,cosine,qknorm"))
+    assert d["reference"] == "all" and [e["name"] for e in d["experiments"]] == [
+        "all", "no_rope", "no_cosine", "no_qknorm"]
+    assert d["experiments"][2]["on"] == ["rope", "qknorm"]
+    assert "--use_cosine=False" in d["experiments"][2]["args"] and "--use_qknorm=True" in d["experiments"][2]["args"]
+    assert "--use_swiglu=False" in d["experiments"][0]["args"]            # not chosen: off, explicitly
+    d = json.loads(print_design(capsys, "--design", "factorial", "--switches", "swiglu,rope,cosine"))
+    assert [e["name"] for e in d["experiments"]] == [
+        "baseline", "swiglu", "rope", "cosine", "swiglu+rope", "swiglu+cosine", "rope+cosine", "all"]
+    assert len({frozenset(e["on"]) for e in d["experiments"]}) == 8
+    # one switch: no duplicate "all"
+    assert [e["name"] for e in json.loads(print_design(capsys, "--switches", "rope"))["experiments"]] == [
+        "baseline", "rope"]
+    assert [e["name"] for e in json.loads(print_design(capsys, "--design", "factorial", "--switches",
+                                                       "rope"))["experiments"]] == ["baseline", "rope"]
+
+
+def test_print_design_value_switch(capsys):
+    d = json.loads(print_design(capsys, "--design", "factorial", "--switches", "swiglu",
+                                "--switch", "n_layer=6", "--switch", "learning_rate=1e-3"))
+    assert d["switches"][1:] == [{"name": "n_layer=6", "key": "n_layer", "on": 6, "off": None},
+                                 {"name": "learning_rate=1e-3", "key": "learning_rate", "on": 0.001, "off": None}]
+    exps = {e["name"]: e for e in d["experiments"]}
+    assert len(exps) == 8 and "swiglu+n_layer=6" in exps and "all" in exps
+    assert not any(a.startswith("--n_layer") for a in exps["baseline"]["args"])   # off: the config's value stays
+    assert exps["n_layer=6"]["args"][-1] == "--n_layer=6" and "--use_swiglu=False" in exps["n_layer=6"]["args"]
+    assert exps["all"]["args"][-2:] == ["--n_layer=6", "--learning_rate=1e-3"]
+    tsv = print_design(capsys, "--switches", "", "--switch", "dropout=0.1", "--format", "tsv").splitlines()
+    assert [l.split("\t")[0] for l in tsv] == ["baseline", "dropout=0.1"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--switches", "swiglu,ropee"], ["unknown switch 'ropee'", "swiglu, rope"]),
+    (["--design", "fractional"], ["unknown design 'fractional'", "leave-one-out"]),
+    (["--format", "yaml"], ["unknown format 'yaml'"]),
+    (["--switch", "n_layer=6;rm"], ["only use the characters"]),
+    (["--switch", "n_layer=six"], ["n_layer", "expects int"]),
+    (["--switch", "n_layr=6"], ["unknown config key 'n_layr'", "n_layer"]),
+    (["--switch", "use_rope=True"], ["registered switch", "--switches rope"]),
+    (["--switch", "seed=3"], ["set by ablate.sh"]),
+    (["--switch", "n_layer"], ["KEY=VALUE"]),
+    (["--switch", "n_layer=2", "--switch", "n_layer=4"], ["given twice"]),
+    (["--switches", "rope,rope"], ["listed twice"]),
+    (["--switches", ""], ["no switches chosen"]),
+    (["--design", "factorial", "x/log.txt"], ["no log files"]),
+])
+def test_print_design_errors_one_line_exit_2(capsys, argv, words):
+    assert plot.main(["--print-design", *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("plot.py: error:"), err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_design_options_need_print_design(capsys, tmp_path):
+    assert plot.main([str(make_run(tmp_path / "r", 3.0)), "--design", "factorial"]) == 2
+    assert "only go with --print-design" in capsys.readouterr().err
+
+
+def test_a_new_registered_switch_is_picked_up(monkeypatch, capsys):
+    """A throwaway switch in train.py's registry appears in the designs without touching plot.py."""
+    monkeypatch.setitem(train.SWITCHES, "zzz", "use_zzz")
+    monkeypatch.setitem(train.CONFIG_FIELDS, "use_zzz", SimpleNamespace(metadata={"switch": True, "ablate": True,
+                                                                                    "shape": False, "help": "t"}))
+    d = json.loads(print_design(capsys))
+    assert [e["name"] for e in d["experiments"]] == ["baseline"] + DEFAULT + ["zzz", "all"]
+    assert d["experiments"][-1]["args"][-1] == "--use_zzz=True"
+    assert plot.on_label(DEFAULT + ["zzz"], d["switches"], "one-at-a-time") == f"all ({len(DEFAULT) + 1})"
+
+# -----------------------------------------------------------------------------
+# loading and plain mode
 
 
 def test_mean_std_and_ema():
@@ -104,8 +357,8 @@ def test_clean_events_resume_and_duplicates():
         {"event": "eval", "step": 20, "val_nll": 4.2},
         {"event": "mystery", "step": 25},
     ]
-    _, train, evals = plot.clean_events(events)
-    assert [(r["step"], r["train_nll"]) for r in train] == [(10, 5.0), (20, 4.5)]
+    _, train_rows, evals = plot.clean_events(events)
+    assert [(r["step"], r["train_nll"]) for r in train_rows] == [(10, 5.0), (20, 4.5)]
     assert [r["step"] for r in evals] == [20]
 
 
@@ -113,8 +366,16 @@ def test_run_identity():
     assert plot.run_identity(Path("/x/abl/swiglu/seed3")) == ("swiglu/seed3", "swiglu", 3)
     assert plot.run_identity(Path("/x/out/shakespeare")) == ("shakespeare", "shakespeare", None)
 
-# -----------------------------------------------------------------------------
-# plain mode
+
+def test_run_numbers_new_and_old_results(tmp_path):
+    new = plot.load_run(make_run(tmp_path / "new", 3.0, results=NEW_KEYS))
+    assert new.val_nll_se == 0.004 and new.tokens == 51_200 and new.train_time == 9.0 and new.eval_time == 1.0
+    assert new.tokens_per_s == pytest.approx(51_200 / 9.0)            # training throughput
+    old = plot.load_run(make_run(tmp_path / "old", 3.0))
+    assert old.val_nll_se is None and old.train_time is None and old.tokens_per_s == 5000.0
+    part = plot.load_run(make_run(tmp_path / "part", 3.0, finished=False))
+    assert part.tokens == 100 * 512 and part.wall_time == pytest.approx(10.0)
+
 
 def test_plain_mode_png_and_table(tmp_path, capsys):
     logs = [make_run(tmp_path / "runA", 3.0), make_run(tmp_path / "runB", 2.5, finished=False),
@@ -139,8 +400,6 @@ def test_malformed_and_unknown_lines_are_skipped(tmp_path, capsys):
     run = plot.load_run(log)
     assert run.steps == 100 and run.val_nll == pytest.approx(3.0)
 
-# -----------------------------------------------------------------------------
-# error cases: exit 2 and a one-line message on stderr
 
 @pytest.mark.parametrize("case", ["no_files", "missing", "no_rows"])
 def test_errors_exit_2_one_line(tmp_path, capsys, case):
@@ -159,67 +418,171 @@ def test_errors_exit_2_one_line(tmp_path, capsys, case):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_cli_error_exit_code():
-    # the real entry point (also checks plot.py runs as a script)
+def test_cli_entry_point_errors_and_design():
+    # the real entry point: plot.py runs as a script; argparse errors are one line too
     p = subprocess.run([sys.executable, str(HERE / "plot.py")], capture_output=True, text=True, cwd=HERE)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "no log files" in p.stderr
+    p = subprocess.run([sys.executable, str(HERE / "plot.py"), "--print-design", "--format", "tsv", "--bogus"],
+                       capture_output=True, text=True, cwd=HERE)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--bogus" in p.stderr
+    p = subprocess.run([sys.executable, str(HERE / "plot.py"), "--print-design", "--design", "leave-one-out",
+                        "--format", "tsv"], capture_output=True, text=True, cwd=HERE)
+    assert p.returncode == 0 and p.stdout.splitlines()[0].split("\t")[0] == "all"
 
 # -----------------------------------------------------------------------------
 # report mode
 
-def test_report_seven_experiments(ablation_dir, capsys):
+
+def test_report_one_at_a_time(ablation_dir, capsys):
     pdf = ablation_dir / "report.pdf"
     assert plot.main(all_logs(ablation_dir) + ["--report", str(pdf), "--no_samples"]) == 0
     assert pdf.exists() and plot.count_pdf_pages(pdf) == 1
-    png = ablation_dir / "report.png"
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert (ablation_dir / "report.png").read_bytes()[:4] == b"\x89PNG"
     md = (ablation_dir / "report.md").read_text()
-    assert "![NLL vs step](report.png)" in md
-    table = [l for l in md.splitlines() if l.startswith("|")]
-    assert len(table) == 2 + 7                                    # header, separator, seven experiments
-    rows = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[1:-1]] for l in table[2:]}
-    assert list(rows) == EXPERIMENTS
-    assert rows["baseline"][3] == "3.1000 ± 0.1414"
-    assert rows["swiglu"][4].startswith("-0.1250 ± 0.0354") and rows["swiglu"][5] == "yes, better"
-    assert rows["rmsnorm"][5] == "yes, worse" and rows["warmup"][5] == "no"
-    assert rows["all"][1] == "all five" and rows["swiglu"][1] == "swiglu" and rows["baseline"][1] == "none"
+    assert "![NLL vs step](report.png)" in md and "Design: one-at-a-time (design.json)" in md
+    rows = md_rows(md)
+    assert list(rows) == ["experiment"] + EXPERIMENTS
+    col = {h: i for i, h in enumerate(rows["experiment"])}
+    cell = lambda e, h: rows[e][col[h]]
+    assert cell("baseline", "val NLL (mean ± std)") == "3.1000 ± 0.1000" and cell("baseline", "eval se") == "0.0040"
+    assert cell("all", "switches on") == f"all ({len(DEFAULT)})" and cell("baseline", "switches on") == "none"
+    assert cell("swiglu", "Δ vs baseline") == "-0.1000" and cell("swiglu", "verdict") == "better"
+    lo, hi = (float(x) for x in cell("swiglu", "95% CI").strip("[]").split(","))
+    assert lo < -0.1 < hi < 0
+    assert cell("rmsnorm", "verdict") == "worse" and cell("all", "verdict") == "better"
+    assert cell("warmup", "verdict") == "not detected" and cell("rope", "verdict") == "not detected"
+    a = plot.analyze([plot.load_run(p) for p in all_logs(ablation_dir)])
+    assert a.family["swiglu"]["p_holm"] >= a.family["swiglu"]["p"] and cell("swiglu", "p") == "<0.0001"
+    assert float(cell("warmup", "MDE (80%)")) > 0.02 and int(cell("warmup", f"seeds for {plot.TARGET}")) > 3
+    assert cell("swiglu", "tokens") == "51,200" and cell("swiglu", "tokens/s (train)") == "5,689"
+    assert cell("swiglu", "time train / eval") == "9.0s / 1.0s"
     verdict = next(l for l in md.splitlines() if "Verdict" in l)
-    assert "more than the noise: swiglu" in verdict and "all" in verdict
-    assert "within the noise: warmup" in verdict and "beyond the noise: rmsnorm" in verdict
+    assert "Holm-corrected over 6 comparisons" in verdict and "better than baseline: swiglu, all" in verdict
+    assert "worse: rmsnorm" in verdict and "not detected: rope, warmup, cosine" in verdict
+    assert "does not mean no effect" in md and "Too few seeds" in md
+    assert "51,200 in every run" in md and "evaluation 1.0s (10% of the two)" in md
+    assert "2 standard error" not in md and "2 ×" not in md
     assert "step-matched" in md
     assert not (ablation_dir / "nll.png").exists()                # -o not given in report mode
 
 
 def test_report_one_seed_time_matched_and_missing_ckpt(tmp_path, capsys):
     root = tmp_path / "abl"
-    logs = [make_run(root / exp / "seed1", FINALS[exp][0], exp, 1, max_time="30m") for exp in ["baseline", "swiglu"]]
+    logs = [make_run(root / exp / "seed1", BASE[0] + SHIFT[exp][0], exp, 1, max_time="30m")
+            for exp in ["baseline", "swiglu"]]
     pdf = root / "report.pdf"
     # samples requested but no ckpt.pt exists (and sample.py may not exist): must not crash
     assert plot.main([str(p) for p in logs] + ["--report", str(pdf), "--sample_tokens", "5"]) == 0
     md = (root / "report.md").read_text()
-    assert "n/a (1 seed)" in md and "time-matched: max_time = 30m" in md and md.count("(no checkpoint)") == 2
+    assert "1 seed: no test possible" in md and "time-matched: max_time = 30m" in md
+    assert md.count("(no checkpoint)") == 2 and "Design: one-at-a-time (inferred" in md
     assert plot.count_pdf_pages(pdf) == 1
 
 
-def test_report_text_fits_on_page(ablation_dir):
-    """Long, messy samples are cleaned, truncated and stay inside the page."""
-    runs = [plot.load_run(p) for p in all_logs(ablation_dir)]
-    groups = plot.group_by_experiment(runs)
-    rows = plot.summarize(groups)
-    messy = "word\x00\x1b[31m\tnew\nline " * 200 + "x" * 500
-    samples = {e: (g[0].name, plot.clean_text(messy)) for e, g in groups.items()}
-    assert "\n" not in samples["all"][1] and "\x00" not in samples["all"][1]
-    fig = plot.build_report_figure(groups, rows, plot.verdict_line(rows), plot.matching_note(runs), samples,
-                                   "Samples: test", 0.9, "t")
+def test_report_warns_about_unequal_tokens(ablation_dir):
+    make_run(ablation_dir / "rope" / "seed2", 3.1, "rope", 2, steps=120, results=NEW_KEYS | {"tokens": 61_440})
+    a = plot.analyze([plot.load_run(p) for p in all_logs(ablation_dir)])
+    line, unequal = plot.tokens_line(a)
+    assert unequal and line.startswith("WARNING: the runs trained on DIFFERENT token counts (51,200 to 61,440)")
+    assert (line, "warn") in plot.report_text(a)                     # bold red on the page
+    plot.write_report_md(ablation_dir / "r.md", "r.png", a, {}, "Samples: skipped", "t")
+    md = (ablation_dir / "r.md").read_text()
+    assert f"**{line}**" in md and md_rows(md)["rope"][4] == "51,200-61,440 (!)"
+
+
+def test_report_leave_one_out(tmp_path):
+    root = tmp_path / "loo"
+    d = plot.make_design("leave-one-out", plot.choose_switches(["swiglu", "rope", "cosine"]))
+    (root).mkdir()
+    (root / "design.json").write_text(json.dumps(d))
+    # removing swiglu raises the NLL by 0.08 (swiglu helps); removing rope changes nothing
+    shift = {"all": 0.0, "no_swiglu": 0.08, "no_rope": 0.0, "no_cosine": 0.0}
+    for e in d["experiments"]:
+        for seed in (1, 2, 3):
+            noise = 0.002 * ((seed * 7 + len(e["name"])) % 5 - 2)
+            make_run(root / e["name"] / f"seed{seed}", BASE[seed - 1] + shift[e["name"]] + noise, e["name"], seed,
+                     on=e["on"])
+    a, _ = plot.write_report([plot.load_run(p) for p in all_logs(root)], root / "report.pdf", None, {}, "Samples: -")
+    md = (root / "report.md").read_text()
+    rows = md_rows(md)
+    assert list(rows)[1:] == ["all", "no_swiglu", "no_rope", "no_cosine"]
+    assert rows["no_swiglu"][1] == "all but swiglu" and rows["all"][1] == "all (3)"
+    assert "Δ vs all" in rows["experiment"] and rows["no_swiglu"][rows["experiment"].index("verdict")] == "swiglu helps"
+    assert "helps inside the full recipe (removing it raises NLL): swiglu" in md
+    assert "Δ > 0 means x helps inside the full recipe" in md
+    assert plot.count_pdf_pages(root / "report.pdf") == 1
+
+
+def factorial_dir(root, switches, seeds=(1, 2), design_json=True):
+    """A 2^m factorial on disk: the first switch lowers NLL by 0.1, 0.04 less when the second is on."""
+    d = plot.make_design("factorial", plot.choose_switches(switches))
+    root.mkdir(parents=True)
+    if design_json:
+        (root / "design.json").write_text(json.dumps(d))
+    a, b = switches[:2]
+    rng = np.random.default_rng(5)
+    for e in d["experiments"]:
+        for seed in seeds:
+            on = set(e["on"])
+            nll = BASE[seed - 1] - 0.1 * (a in on) + 0.04 * (a in on and b in on) + rng.normal(0, 0.002)
+            make_run(root / e["name"] / f"seed{seed}", nll, e["name"], seed, on=e["on"], results=NEW_KEYS)
+    return d
+
+
+def test_report_factorial_16_experiments_fits_one_page(tmp_path):
+    root = tmp_path / "fac"
+    factorial_dir(root, ["swiglu", "rope", "rmsnorm", "cosine"], seeds=(1, 2, 3))
+    runs = [plot.load_run(p) for p in all_logs(root)]
+    samples = {e: (f"{e}/seed1", "word " * 300) for e in plot.group_by_experiment(runs)}
+    a, _ = plot.write_report(runs, root / "report.pdf", None, samples, "Samples: test")
+    assert len(a.groups) == 16 and plot.count_pdf_pages(root / "report.pdf") == 1
+    md = (root / "report.md").read_text()
+    assert "Design: factorial (design.json)" in md and "Holm-corrected over 10 effects" in md
+    effects = md_rows(md.split("Effects (per-seed contrasts")[1])
+    assert len(effects) == 1 + 4 + 6
+    assert float(effects["swiglu"][1]) == pytest.approx(-0.08, abs=0.002) and effects["swiglu"][5] == "lowers NLL"
+    assert float(effects["swiglu × rope"][1]) == pytest.approx(0.02, abs=0.002)
+    assert effects["swiglu × rope"][5] == "interference (>0)" and effects["rope"][5] == "raises NLL"
+    assert effects["rmsnorm"][5] == "not detected"
+    assert "A × B = mean(cells where A, B agree) - mean(cells where they differ)" in md
+    assert md_rows(md)["all"][1] == "all (4)"
+
+
+def test_report_factorial_inferred_without_design_json(tmp_path):
+    root = tmp_path / "fac"
+    factorial_dir(root, ["swiglu", "rope", "cosine"], design_json=False)
+    a = plot.analyze([plot.load_run(p) for p in all_logs(root)])
+    assert a.design["design"] == "factorial" and "inferred" in a.design["source"]
+    assert [s["name"] for s in a.design["switches"]] == ["swiglu", "rope", "cosine"]
+    assert a.family["swiglu"]["mean"] == pytest.approx(-0.08, abs=0.005)
+    assert a.family["swiglu × rope"]["mean"] == pytest.approx(0.02, abs=0.005)
+
+
+def assert_text_inside_page(fig):
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     page = fig.bbox
-    texts = fig.texts + [c.get_text() for c in fig.axes[1].tables[0].get_celld().values()]
+    texts = list(fig.texts)
+    for ax in fig.axes:
+        for table in ax.tables:
+            texts += [c.get_text() for c in table.get_celld().values()]
     for t in texts:
         bb = t.get_window_extent(renderer)
         assert page.x0 - 1 <= bb.x0 and bb.x1 <= page.x1 + 1 and page.y0 - 1 <= bb.y0 and bb.y1 <= page.y1 + 1, \
             (t.get_text()[:60], bb, page)
     plot._pyplot().close(fig)
+
+
+def test_report_text_fits_on_page(tmp_path):
+    """The most crowded page (a 4-switch factorial: 16 experiments, 10 effects) with long, messy samples:
+    the samples are cleaned and truncated, and every text stays inside the page."""
+    root = tmp_path / "fac"
+    factorial_dir(root, ["swiglu", "rope", "rmsnorm", "cosine"])
+    a = plot.analyze([plot.load_run(p) for p in all_logs(root)])
+    messy = "word\x00\x1b[31m\tnew\nline " * 200 + "x" * 500
+    samples = {e: (g[0].name, plot.clean_text(messy)) for e, g in a.groups.items()}
+    assert "\n" not in samples["all"][1] and "\x00" not in samples["all"][1]
+    assert_text_inside_page(plot.build_report_figure(a, samples, "Samples: test", 0.9, "t"))
 
 
 def test_count_pdf_pages(tmp_path):
