@@ -18,7 +18,7 @@ import train
 from train import Config, GPT, UserError
 
 HERE = Path(__file__).resolve().parent
-SWITCHES = ["use_swiglu", "use_rope", "use_rmsnorm", "use_warmup", "use_cosine"]
+SWITCHES = list(train.SWITCHES.values())  # every registered switch: use_swiglu, use_rope, ...
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, val_docs=10, eval_iters=2,
             eval_interval=10, log_interval=5, ckpt_interval=10, device="cpu", dtype="float32",
             learning_rate=3e-3, min_lr=3e-4, warmup_iters=4)
@@ -128,7 +128,9 @@ def test_each_switch_changes_exactly_its_modules_and_params():
         "use_rope": -T * C,  # no position table
         "use_rmsnorm": -(2 * L + 1) * C,  # no biases in the norms
         "use_warmup": 0, "use_cosine": 0,
+        "use_qknorm": L * 2 * (C // 4),  # a gain per head dimension, for q and for k
     }
+    assert set(expected_delta) == set(SWITCHES), "a new switch needs its expected parameter change here"
     base_modules = modules(base_cfg)
     for switch, delta in expected_delta.items():
         cfg = Config(n_layer=2, n_head=4, n_embd=48, block_size=64, **{switch: True})
@@ -138,6 +140,8 @@ def test_each_switch_changes_exactly_its_modules_and_params():
             assert changed == {f"h.{i}.mlp.c_up" for i in range(L)}
         elif switch == "use_rope":
             assert changed == {"wpe"}
+        elif switch == "use_qknorm":
+            assert changed == {f"h.{i}.attn.{n}_norm" for i in range(L) for n in "qk"}
         elif switch == "use_rmsnorm":
             assert changed == {f"h.{i}.ln_{j}" for i in range(L) for j in (1, 2)} | {"ln_f"}
             assert all(type(m) is nn.RMSNorm for n, m in GPT(cfg, V).named_modules() if "ln" in n)
@@ -224,6 +228,26 @@ def test_rope_rotates_q_and_k_but_not_v():
     expected = torch.cumsum(v, dim=2) / torch.arange(1, 9).view(1, 1, 8, 1)
     expected = attn.c_proj(expected.transpose(1, 2).reshape(1, 8, 16))
     torch.testing.assert_close(attn(x, rope), expected)
+
+
+def test_qknorm_gives_q_and_k_of_each_head_unit_rms(monkeypatch):
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q, k, v))
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(train.F, "scaled_dot_product_attention", spy)
+    x = torch.randint(0, V, (2, 8))
+    for use_qknorm in (False, True):
+        cfg = Config(n_layer=1, n_head=2, n_embd=16, block_size=8, use_qknorm=use_qknorm, use_rope=True)
+        GPT(cfg, vocab_size=V)(x)
+        q, k, v = seen.pop()
+        rms = lambda t: t.pow(2).mean(-1).sqrt()  # per head and position: (B, nh, T)
+        for t, normalized in ((q, use_qknorm), (k, use_qknorm), (v, False)):
+            ones = torch.ones_like(rms(t))
+            assert torch.allclose(rms(t), ones, atol=1e-2) == normalized  # gains start at 1; RoPE keeps norms
 
 
 def test_get_lr_at_chosen_points():
