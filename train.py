@@ -55,8 +55,9 @@ class UserError(Exception):
 # -----------------------------------------------------------------------------
 # Configuration: every key with its type, default and meaning (python train.py --help lists them)
 
-def opt(default, help, choices=None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+def opt(default, help, choices=None, shape=False):
+    """A config key. shape=True: it changes the model's parameters, so a checkpoint must agree on it."""
+    return field(default=default, metadata={"help": help, "choices": choices, "shape": shape})
 
 
 def switch(help, shape, ablate=True):
@@ -74,13 +75,13 @@ class Config:
     min_chars: int = opt(1, "documents shorter than this (after stripping) are skipped")
     num_workers: int = opt(0, "DataLoader worker processes that read and tokenize documents")
     # model
-    block_size: int = opt(256, "context length in tokens")
-    n_layer: int = opt(4, "transformer blocks")
-    n_head: int = opt(4, "attention heads")
-    n_embd: int = opt(256, "embedding width")
+    block_size: int = opt(256, "context length in tokens", shape=True)
+    n_layer: int = opt(4, "transformer blocks", shape=True)
+    n_head: int = opt(4, "attention heads", shape=True)
+    n_embd: int = opt(256, "embedding width", shape=True)
     dropout: float = opt(0.0, "dropout probability")
-    bias: bool = opt(True, "biases in Linear and LayerNorm layers, as in GPT-2")
-    rope_base: float = opt(10000.0, "RoPE base (only with use_rope)")
+    bias: bool = opt(True, "biases in Linear and LayerNorm layers, as in GPT-2", shape=True)
+    rope_base: float = opt(10000.0, "RoPE base (only with use_rope)", shape=True)
     # the switches: each is declared here once and acts in one visible `if`; ablate.sh, plot.py,
     # the resume checks and the tests find them here (shape=True: it changes the model's parameters)
     use_swiglu: bool = switch("SwiGLU MLP instead of GELU (param-matched hidden size)", shape=True)
@@ -124,9 +125,8 @@ class Config:
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # switch name -> its config key, in declaration order: {"swiglu": "use_swiglu", ...}
 SWITCHES = {f.name.removeprefix("use_"): f.name for f in CONFIG_FIELDS.values() if f.metadata.get("switch")}
-# Keys that fix the shape of the model: a checkpoint and the config must agree on them.
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "rope_base") + tuple(
-    key for key in SWITCHES.values() if CONFIG_FIELDS[key].metadata["shape"])
+# Keys that fix the shape of the model (shape=True): a checkpoint and the config must agree on them.
+MODEL_KEYS = tuple(key for key, f in CONFIG_FIELDS.items() if f.metadata["shape"])
 
 
 # -----------------------------------------------------------------------------
@@ -994,7 +994,9 @@ def read_config_file(path):
 
 
 def usage():
-    lines = ["usage: python train.py [config/X.py ...] [--key=value ...]  (applied left to right)", ""]
+    lines = ["usage: python train.py [config/X.py ...] [--key=value ...]  (applied left to right)",
+             "       python train.py --list-switches     the ablation switches (name, key, kind, set, help)",
+             "       python train.py [...] --steps-in=4h the steps of this configuration that fit in 4h here", ""]
     for f in dataclasses.fields(Config):
         lines.append(f"  --{f.name}={f.default!r:<12} {f.metadata['help']}")
     return "\n".join(lines)
