@@ -378,23 +378,14 @@ def train(cfg, stop=None, ddp=None):
     run = Run(cfg, stop or StopFlag(), ddp or Distributed())  # set-up: data, model, optimizer, resume
     if run.finished:  # --resume=auto found this run's results.json: nothing to do
         return run.finished
-    model, optimizer, scaler = run.model, run.optimizer, run.scaler
     try:
         reason = run.stop_reason()  # the one stop condition: max_iters, the time budget or a signal
         while reason is None:
             lr = get_lr(run.step, cfg, run.horizon)
-            for group in optimizer.param_groups:
+            for group in run.optimizer.param_groups:
                 group["lr"] = lr
             x, y = run.next_batch()  # (B, T) token ids and their next tokens
-            with run.autocast:
-                loss = run.train_model(x, y)  # mean NLL of the batch
-            scaler.scale(loss).backward()  # (float16 only: a loss scale against underflow; else a no-op)
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            loss = train_step(run, run.optimizer, run.scaler, x, y)
             run.step += 1
             run.tokens += x.numel() * run.ddp.world  # every process trained on as many
             reason = run.stop_reason()
@@ -403,6 +394,20 @@ def train(cfg, stop=None, ddp=None):
         run.close()
         raise
     return run.finish(reason)  # final evaluation on the whole validation set, checkpoint, results.json
+
+
+def train_step(run, optimizer, scaler, x, y):
+    """One optimizer step on the batch; returns its mean NLL (a tensor: no host-device sync here)."""
+    with run.autocast:
+        loss = run.train_model(x, y)
+    scaler.scale(loss).backward()  # (float16 only: a loss scale against underflow; else a no-op)
+    if run.cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
 
 
 class StopFlag:
@@ -880,15 +885,7 @@ def measure_step_time(b, min_seconds=2.0):
 
     def steps(n):
         for _ in range(n):
-            with b.autocast:
-                loss = b.train_model(x, y)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            train_step(b, optimizer, scaler, x, y)
         sync()
 
     steps(3)
