@@ -4,3 +4,9 @@
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slurm: runs jobs on a real single-node SLURM cluster started by the test (test_slurm.py); "
+                   "select with -m slurm, leave out with -m 'not slurm'")

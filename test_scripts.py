@@ -344,19 +344,19 @@ def test_ablate_sbatch_sigterm_stops_without_requeue(env):
 
 
 def test_train_sbatch_single_run_requeue_and_resume(env):
+    # train.py itself decides (--resume=auto, always last) whether to skip, resume or start afresh;
+    # test_slurm.py runs the real train.py through this script on a real SLURM cluster
     out = env["tmp"] / "single"
     e = {"OUT": str(out), "SEED": "3", "CONFIG": "", "SLURM_JOB_ID": "777"}
-    r = bash(env, "slurm/train.sbatch", "--use_rope=True", extra_env=dict(e, FAKE_EXIT="75"))
+    r = bash(env, "slurm/train.sbatch", "--use_rope=True", "--resume=false", extra_env=dict(e, FAKE_EXIT="75"))
     assert r.returncode == 0, r.stderr
     assert scontrol_calls(env) == ["requeue 777"]
     argv = train_calls(env)[0]
     assert opt(argv, "out_dir") == str(out) and opt(argv, "seed") == "3"
-    assert opt(argv, "use_rope") == "True" and opt(argv, "resume") is None
-    r = bash(env, "slurm/train.sbatch", "--use_rope=True", extra_env=e)     # requeued: resumes
+    assert opt(argv, "use_rope") == "True" and argv[-1] == "--resume=auto"
+    r = bash(env, "slurm/train.sbatch", "--use_rope=True", extra_env=e)     # requeued
     assert r.returncode == 0, r.stderr
-    assert opt(train_calls(env)[-1], "resume") == "True"
-    r = bash(env, "slurm/train.sbatch", "--use_rope=True", extra_env=e)     # finished: skips
-    assert r.returncode == 0 and len(train_calls(env)) == 2
+    assert train_calls(env)[-1][-1] == "--resume=auto"
 
 
 def test_train_sbatch_forwards_usr1(env):
