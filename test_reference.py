@@ -548,27 +548,41 @@ def test_train_loop_schedule_clipping_and_optimizer(tmp_path):
                  eval_interval=100, log_interval=100, ckpt_interval=100, max_iters=6, device="cpu",
                  dtype="float32", use_warmup=True, use_cosine=True, warmup_iters=2, learning_rate=1e-2,
                  min_lr=1e-3, grad_clip=0.01, beta1=0.85, beta2=0.9, weight_decay=0.2)
-    seen = []
+    seen, fresh, grad_hooks = [], {}, []
 
     def hook(opt, args, kwargs):
-        grads = [p.grad.double() for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        grads = [p.grad.double() for p in params]
         norm = torch.sqrt(sum((g * g).sum() for g in grads)).item()
-        seen.append((norm, [(g["lr"], g["betas"], g["weight_decay"], all(p.dim() >= 2 for p in g["params"]))
-                            for g in opt.param_groups]))
+        # the gradient the optimizer sees is this step's own backward pass (clipped), nothing left from before
+        if fresh:
+            new = torch.cat([fresh[id(p)].double().flatten() for p in params])
+            got = torch.cat([g.flatten() for g in grads])
+            coef = got.norm() / new.norm()
+            fresh_only = ((got - coef * new).norm() / got.norm()).item()
+        else:  # the first step: watch the backward passes from now on
+            grad_hooks.extend(p.register_hook(lambda g, key=id(p): fresh.__setitem__(key, g.detach().clone()))
+                              for p in params)
+            fresh_only = 0.0
+        seen.append((norm, fresh_only, [(g["lr"], g["betas"], g["weight_decay"],
+                                         all(p.dim() >= 2 for p in g["params"])) for g in opt.param_groups]))
 
     handle = register_optimizer_step_pre_hook(hook)
     try:
         train.train(cfg)
     finally:
         handle.remove()
+        for h in grad_hooks:
+            h.remove()
     assert len(seen) == 6
-    for step, (norm, groups) in enumerate(seen):
+    for step, (norm, fresh_only, groups) in enumerate(seen):
         assert norm == pytest.approx(0.01, rel=1e-3), f"step {step}: gradient norm {norm} not clipped to 0.01"
+        assert fresh_only < 1e-5, f"step {step}: the gradient is not this step's alone (zero_grad?)"
         for lr, betas, wd, matrices in groups:
             assert lr == pytest.approx(train.get_lr(step, cfg, 6), abs=1e-15), f"step {step} uses get_lr(step)"
             assert betas == (0.85, 0.9)
             assert wd == (0.2 if matrices else 0.0)
-    assert seen[0][1][0][0] == pytest.approx(5e-3) and seen[-1][1][0][0] == pytest.approx(cosine_at(3, 4, 1e-2, 1e-3))
+    assert seen[0][2][0][0] == pytest.approx(5e-3) and seen[-1][2][0][0] == pytest.approx(cosine_at(3, 4, 1e-2, 1e-3))
 
 
 def cosine_at(i, n, lr, min_lr):
