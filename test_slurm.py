@@ -15,6 +15,7 @@ scripts; only their resource lines are overridden on the sbatch command line so 
 import json
 import os
 import pwd
+import random
 import re
 import shlex
 import shutil
@@ -254,7 +255,7 @@ def corpus(cluster):
     """A few hundred short documents (deterministic)."""
     words = ("the a cat dog bird runs sat on mat and with blue red green fast slow tree house river "
              "stone light dark over under small large").split()
-    rng = __import__("random").Random(0)
+    rng = random.Random(0)
     p = cluster.base / "data.jsonl"
     with open(p, "w") as f:
         for _ in range(300):
