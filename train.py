@@ -420,11 +420,13 @@ class StopFlag:
         self.signal = None
 
     def install(self):
-        self.previous = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
+        if not getattr(self, "previous", None):  # (already installed: keep the first handlers to restore)
+            self.previous = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
 
     def uninstall(self):
         for sig, handler in getattr(self, "previous", {}).items():
             signal.signal(sig, handler)
+        self.previous = None
 
     def handle(self, signum, frame):
         if signum == signal.SIGINT and self.signal is not None:
@@ -463,9 +465,21 @@ class Run:
         self.max_time = parse_duration(cfg.max_time)
         self.finished = None
         check_writable(self.out)
+        self.stop.install()  # from the start: SLURM's warning can come while the data or the model load
+        try:
+            self.set_up()
+        except BaseException:  # a user error in the set-up: leave the signals as they were
+            self.stop.uninstall()
+            raise
+
+    # --- set-up ---------------------------------------------------------------------------------
+    def set_up(self):
+        """Resume or start: data, model, optimizer, data stream, log, planned length, first evaluation."""
         ckpt = self.checkpoint_to_resume()
         if self.finished:
+            self.stop.uninstall()
             return
+        cfg, ddp = self.cfg, self.ddp
         b = build(cfg, ddp)  # device, precision, data, model, optimizer
         self.__dict__.update(vars(b))
         self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
@@ -491,9 +505,7 @@ class Run:
         if ckpt is None:
             self.evaluate(self.val_periodic)
         self.t_window, self.tokens_window, self.overhead_window = time.time(), self.tokens, self.overhead()
-        self.stop.install()
 
-    # --- set-up ---------------------------------------------------------------------------------
     def checkpoint_to_resume(self):
         """The checkpoint this run continues from, or None for a fresh start, following --resume:
         false: none; true: out_dir/ckpt.pt, which must exist; auto: out_dir's checkpoint if it is of this
@@ -626,13 +638,17 @@ class Run:
             self.log_train(lr)
         if step % cfg.eval_interval == 0 and not reason:  # the final evaluation covers the end
             self.evaluate(self.val_periodic)
-        if (step % cfg.ckpt_interval == 0 and not reason) or signalled:
+        if step % cfg.ckpt_interval == 0 and not reason:
             self.checkpoint()
         if signalled:
-            self.log("stopped", signal=reason)
-            print(f"stopped by {reason} at step {step}; checkpoint saved to {self.ckpt_path}. "
-                  f"Run the same command with --resume=True (or auto) to continue.")
-            raise SystemExit(EXIT_PREEMPTED)
+            self.save_and_exit(reason)
+
+    def save_and_exit(self, signal_name):
+        self.checkpoint()
+        self.log("stopped", signal=signal_name)
+        print(f"stopped by {signal_name} at step {self.step}; checkpoint saved to {self.ckpt_path}. "
+              f"Run the same command with --resume=True (or auto) to continue.")
+        raise SystemExit(EXIT_PREEMPTED)
 
     def log_train(self, lr):
         train_nll = (self.ddp.mean(self.loss_sum) / self.loss_count).item()
@@ -716,7 +732,9 @@ class Run:
     # --- the end --------------------------------------------------------------------------------
     def finish(self, reason):
         """The whole validation set, a final checkpoint, results.json. A signal during the final
-        evaluation does not stop it (the run is as good as done)."""
+        evaluation does not stop it (the run is as good as done); one during the set-up does."""
+        if reason not in ("max_iters", "max_time"):  # a signal before this attempt's first step
+            self.save_and_exit(reason)
         self.stream.close()
         try:
             nll, bpb, se = self.evaluate(self.val)
@@ -768,8 +786,10 @@ def main(argv=None):
         if steps_in:  # for ablate.sh --budget: how many steps of this config fit in a duration here
             print(steps_for_duration(cfg, steps_in[-1]))
             return 0
+        stop = StopFlag()
+        stop.install()  # as early as possible: a SLURM warning during the set-up must not kill the job
         with Distributed() as ddp:  # torchrun's processes; stdout only from rank 0
-            train(cfg, ddp=ddp)
+            train(cfg, stop=stop, ddp=ddp)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
