@@ -672,7 +672,7 @@ class Run:
     def evaluate(self, windows):
         """Validation NLL of the windows (rank 0 evaluates), logged with its standard error over windows."""
         t0 = time.time()
-        nll, bpb, se = (evaluate(self.model, windows, self.cfg.batch_size, self.device, self.autocast,
+        nll, bpb, se = (evaluate(self.model, windows, eval_batch_size(self.cfg), self.device, self.autocast,
                                  self.byte_lengths) if self.ddp.is_main else (math.nan, math.nan, math.nan))
         self.times["eval"] += time.time() - t0
         self.log("eval", tokens=self.tokens, elapsed=round(self.elapsed(), 3),
@@ -854,6 +854,12 @@ def build(cfg, ddp):
         scaler=torch.amp.GradScaler(enabled=dtype == "float16"), train_model=train_model)
 
 
+def eval_batch_size(cfg):
+    """Windows per evaluation forward pass: at least 8192 tokens (no gradient is kept, and small batches
+    leave a CPU idle: 64 windows of 128 tokens evaluate ~2x faster than 8)."""
+    return max(cfg.batch_size, 8192 // cfg.block_size)
+
+
 def data_seed(cfg):
     return cfg.seed if cfg.data_seed < 0 else cfg.data_seed
 
@@ -920,7 +926,7 @@ def measure_step_time(b, min_seconds=2.0):
     step_s = seconds / done
     t0 = time.perf_counter()
     if b.ddp.is_main:  # rank 0 evaluates
-        evaluate(model, b.val_periodic, cfg.batch_size, b.device, b.autocast, b.byte_lengths)
+        evaluate(model, b.val_periodic, eval_batch_size(cfg), b.device, b.autocast, b.byte_lengths)
     eval_s = time.perf_counter() - t0
     model.load_state_dict(saved)
     torch.set_rng_state(rng)
