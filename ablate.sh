@@ -57,7 +57,7 @@ design in the same DIR is refused (use a new --out).
   --                  everything after it goes to train.py
 
 A finished run (results.json present) is skipped; an interrupted one (ckpt.pt present, no
-results.json) is resumed with --resume=True. If a run exits non-zero, ablate.sh says which and
+results.json) is resumed with --resume=auto. If a run exits non-zero, ablate.sh says which and
 exits with the same code (75 = preempted/stopped after checkpoint: requeue and rerun to resume;
 2 = config error; 3 = NaN/inf loss; 1 = crash). SIGUSR1/SIGTERM received by ablate.sh are
 forwarded to the running train.py (SIGINT as SIGTERM); no further run starts after one.

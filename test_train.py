@@ -510,3 +510,88 @@ def test_sample_and_plot_end_to_end(finished_run, tmp_path):
     r = run_script("plot.py", str(Path(cfg.out_dir) / "log.txt"), "-o", str(png))
     assert r.returncode == 0, r.stderr
     assert png.stat().st_size > 1000 and f"{json.loads((Path(cfg.out_dir) / 'results.json').read_text())['val_nll']:.4f}" in r.stdout
+
+
+# -----------------------------------------------------------------------------
+# less noise by design, equal budgets, resume=auto
+
+def shared(a, b):
+    """Names of the parameters two models have with the same shape."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return [k for k in sa if k in sb and sa[k].shape == sb[k].shape]
+
+
+def test_modules_two_arms_share_start_from_the_same_weights():
+    base = GPT(Config(n_layer=2, n_head=2, n_embd=32, block_size=16, seed=7), vocab_size=V)
+    for switch in SWITCHES:
+        other = GPT(Config(n_layer=2, n_head=2, n_embd=32, block_size=16, seed=7, **{switch: True}), vocab_size=V)
+        names = shared(base, other)
+        assert "wte.weight" in names and "h.1.attn.c_attn.weight" in names
+        for k in names:
+            assert torch.equal(base.state_dict()[k], other.state_dict()[k]), (switch, k)
+    reseeded = GPT(Config(n_layer=2, n_head=2, n_embd=32, block_size=16, seed=8), vocab_size=V)
+    assert not torch.equal(base.wte.weight, reseeded.wte.weight)
+    assert not torch.equal(base.h[0].attn.c_attn.weight, base.h[1].attn.c_attn.weight)  # own generator each
+
+
+def test_data_seed_fixes_the_order_across_seeds(corpus):
+    ds = train.JSONLDataset([corpus])
+    n_train = train.split_validation(ds, 10)[0]
+
+    def first_batch(seed, data_seed):
+        cfg = Config(seed=seed, data_seed=data_seed)
+        stream = train.TrainStream(ds, n_train, train.data_seed(cfg), batch_size=2, block_size=16)
+        return stream.next_batch()[0]
+
+    assert torch.equal(first_batch(1, 5), first_batch(2, 5))
+    assert not torch.equal(first_batch(1, -1), first_batch(2, -1))  # default: each seed its own order
+    assert torch.equal(first_batch(5, -1), first_batch(1, 5))
+
+
+def test_results_report_the_eval_noise_and_training_throughput(finished_run):
+    cfg, results = finished_run
+    assert 0 < results["val_nll_se"] < 0.5
+    assert results["train_time"] + results["eval_time"] <= results["wall_time"] + 1e-6
+    assert results["tokens_per_s"] == pytest.approx(results["tokens"] / results["train_time"])
+    final = [r for r in train.read_log(Path(cfg.out_dir) / "log.txt") if r["event"] == "eval"][-1]
+    assert final["val_nll_se"] == pytest.approx(results["val_nll_se"]) and final["windows"] > 1
+
+
+def test_max_time_plans_the_horizon_before_the_first_step(tmp_path, corpus):
+    cfg = tiny(tmp_path, corpus, max_iters=10_000, max_time="6s", use_cosine=True, log_interval=1)
+    results = train.train(cfg)
+    rows = train.read_log(Path(cfg.out_dir) / "log.txt")
+    kinds = [r["event"] for r in rows]
+    planned = rows[kinds.index("horizon")]
+    assert kinds.index("horizon") < kinds.index("train") and planned["step"] == 0
+    assert 0 < planned["horizon"] == results["horizon"] < 10_000
+    lrs = [(r["step"], r["lr"]) for r in rows if r["event"] == "train"]
+    assert all(lr == pytest.approx(train.get_lr(s - 1, cfg, planned["horizon"])) for s, lr in lrs)  # no jump
+    assert results["stopped_by"] == "max_time" and results["steps"] <= planned["horizon"]
+
+
+def test_steps_in_prints_one_number(tmp_path, corpus):
+    out = subprocess.run([sys.executable, str(HERE / "train.py"), "--data_path=" + str(corpus), "--n_layer=1",
+                          "--n_embd=32", "--n_head=2", "--block_size=32", "--batch_size=2", "--val_docs=5",
+                          "--device=cpu", "--steps-in=3s"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and int(out.stdout.strip()) > 0, out.stderr
+    bad = subprocess.run([sys.executable, str(HERE / "train.py"), "--steps-in=soon"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--steps-in" in bad.stderr
+
+
+def test_resume_auto_continues_finishes_or_refuses(tmp_path, corpus, capsys):
+    cfg = tiny(tmp_path, corpus, max_iters=12, resume="auto")
+    with pytest.raises(SystemExit):
+        train.train(cfg, stop=StopAt(5))  # an interrupted run ...
+    results = train.train(cfg)  # ... continues from its checkpoint
+    steps = [r["step"] for r in train.read_log(Path(cfg.out_dir) / "log.txt") if r["event"] == "train"]
+    assert steps == [5, 10, 12] and results["steps"] == 12
+    log = (Path(cfg.out_dir) / "log.txt").read_text()
+    assert train.train(cfg) == results  # finished: nothing to do, nothing written
+    assert (Path(cfg.out_dir) / "log.txt").read_text() == log and "already finished" in capsys.readouterr().out
+    with pytest.raises(UserError, match="has n_layer=2 but the config says n_layer=3"):
+        train.train(Config(**{**cfg.__dict__, "n_layer": 3}))
+    with pytest.raises(UserError, match="holds the checkpoint of another run .*seed=1337, not 4"):
+        train.train(Config(**{**cfg.__dict__, "seed": 4}))
+    fresh = tiny(tmp_path / "new", corpus, max_iters=3, resume="auto")
+    assert train.train(fresh)["steps"] == 3  # nothing there: a fresh start
