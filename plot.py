@@ -869,7 +869,8 @@ def method_line(a):
 # formatting
 
 def fmt_params(n):
-    return "?" if n is None else f"{n / 1e6:.2f}M"
+    """Millions with three decimals: RoPE's missing position table or QK-norm's gains stay visible."""
+    return "?" if n is None else f"{n / 1e6:.3f}M"
 
 
 def fmt_tokens(ts):

@@ -949,8 +949,10 @@ def steps_for_duration(cfg, duration):
     seconds = parse_duration(duration, "--steps-in")
     if seconds is None:
         raise UserError(f"--steps-in needs a duration such as 4h, 30m or 90s, got '{duration}'")
-    b = build(cfg, Distributed({}))
-    step_s, eval_s = measure_step_time(b)
+    from contextlib import redirect_stdout
+    with redirect_stdout(sys.stderr):  # stdout carries the one number
+        b = build(cfg, Distributed({}))
+        step_s, eval_s = measure_step_time(b)
     steps = min(cfg.max_iters, steps_within(seconds, step_s, eval_s, len(b.val) / max(1, len(b.val_periodic)),
                                             cfg.eval_interval))
     print(f"{step_s:.4f} s per step, {eval_s:.2f} s per periodic evaluation: {steps} steps in {duration}",
