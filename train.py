@@ -707,18 +707,18 @@ class Run:
         if self.ddp.is_main:
             keep = (self.out / f"ckpt_{self.saved_step}.pt"
                     if self.cfg.keep_ckpts > 1 and self.saved_step not in (None, self.step) else None)
-            self.times["ckpt"] += time.time() - t0
+            spent = time.time() - t0  # the save itself is added to times after it
             save_checkpoint(self.ckpt_path, {
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "config": dataclasses.asdict(self.cfg), "step": self.step, "tokens": self.tokens,
-                "elapsed": self.elapsed(), "times": dict(self.times), "horizon": self.horizon,
+                "elapsed": self.elapsed(), "times": {**self.times, "ckpt": self.times["ckpt"] + spent},
+                "horizon": self.horizon,
                 "data": self.stream.state_dict(), "params": self.params,
                 "loss_window": (window_sum, self.loss_count), "last_good": self.last_good,
                 "scaler": self.scaler.state_dict(), **({"ranks": ranks} if self.ddp.enabled else {}),
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if self.device_type == "cuda" else []}},
                 keep_as=keep)
-            t0 = time.time()
             prune_checkpoints(self.out, self.cfg.keep_ckpts)
         self.saved_step = self.step
         self.ddp.barrier()  # none exits mid-save
