@@ -72,6 +72,10 @@ class Config:
     data_path: str = opt("", "a .jsonl file, a folder of them, or a glob; empty = the built-in demo corpus")
     out_dir: str = opt("out", "folder for log.txt, results.json and ckpt.pt")
     val_docs: int = opt(1000, "the last val_docs usable documents are the validation set")
+    tune_docs: int = opt(0, "the tune_docs usable documents just before the validation set are the tuning set "
+                            "(held out from training too; 0 = none)")
+    eval_set: str = opt("val", "which held-out set the evaluations use: val, or tune (needs tune_docs > 0)",
+                        choices=("val", "tune"))
     min_chars: int = opt(1, "documents shorter than this (after stripping) are skipped")
     num_workers: int = opt(0, "DataLoader worker processes that read and tokenize documents")
     # model
@@ -445,7 +449,7 @@ class StopFlag:
 
 
 # Keys that make two runs the same run (besides MODEL_KEYS): --resume=auto continues only such a run.
-RUN_KEYS = ("data_path", "seed", "data_seed", "batch_size", "val_docs", "min_chars")
+RUN_KEYS = ("data_path", "seed", "data_seed", "batch_size", "val_docs", "tune_docs", "eval_set", "min_chars")
 
 
 def config_value(config, key):
@@ -751,7 +755,10 @@ class Run:
                    "tokens_per_s": self.tokens / train_time,  # training throughput
                    "mfu": self.tokens / train_time * self.flops_token / (self.peak * self.ddp.world),
                    "peak_flops": self.peak, "skipped_lines": self.stream.skipped, "device": self.device,
-                   "dtype": self.dtype, "world_size": self.ddp.world, "config": dataclasses.asdict(self.cfg)}
+                   "dtype": self.dtype, "world_size": self.ddp.world,
+                   "eval_set": self.cfg.eval_set,  # val_nll is on this set: val, or the tuning set (tune)
+                   "flops_per_token": self.flops_token, "train_flops": self.flops_token * self.tokens,
+                   "config": dataclasses.asdict(self.cfg)}
         if self.ddp.is_main:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps({"event": "end", "step": self.step, "tokens": self.tokens,
@@ -827,15 +834,17 @@ def build(cfg, ddp):
     # data
     files = resolve_data_paths(cfg.data_path)
     ds = JSONLDataset(files, cfg.min_chars)
-    n_train, val_texts, val_skipped = split_validation(ds, cfg.val_docs)
-    val = validation_windows(val_texts, cfg.block_size)
+    n_train, tune_texts, val_texts, val_skipped = held_out_sets(ds, cfg.val_docs, cfg.tune_docs)
+    n_docs, kind = (cfg.tune_docs, "tuning") if cfg.eval_set == "tune" else (cfg.val_docs, "validation")
+    val = validation_windows(tune_texts if cfg.eval_set == "tune" else val_texts, cfg.block_size)
     if len(val) == 0:
-        raise UserError(f"the {cfg.val_docs} validation documents hold fewer than block_size+1 = "
-                        f"{cfg.block_size + 1} tokens; raise --val_docs")
+        raise UserError(f"the {n_docs} {kind} documents hold fewer than block_size+1 = "
+                        f"{cfg.block_size + 1} tokens; raise --{cfg.eval_set}_docs")
     n_periodic = min(len(val), cfg.eval_iters * cfg.batch_size)
     val_periodic = val[np.linspace(0, len(val) - 1, n_periodic).round().astype(np.int64)]
     print(f"data: {len(ds):,} lines in {len(files)} file(s); {n_train:,} training lines, "
-          f"{cfg.val_docs} validation documents = {len(val)} windows of {cfg.block_size} tokens "
+          + (f"{cfg.tune_docs} tuning documents held out; " if cfg.tune_docs else "")
+          + f"evaluated on {n_docs} {kind} documents = {len(val)} windows of {cfg.block_size} tokens "
           f"({val.numel() - len(val):,} tokens)" + (f"; skipped at the end: {val_skipped}" if val_skipped else ""))
     # model and optimizer
     torch.manual_seed(cfg.seed)  # dropout; the weights have their own generators (GPT.init_weights)
@@ -1063,8 +1072,10 @@ def check_config(cfg):
         raise UserError(f"dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.use_warmup and cfg.warmup_iters <= 0:
         raise UserError(f"warmup_iters must be > 0 with use_warmup, got {cfg.warmup_iters}")
-    if cfg.num_workers < 0 or cfg.min_chars < 0:
-        raise UserError("num_workers and min_chars must be >= 0")
+    if cfg.num_workers < 0 or cfg.min_chars < 0 or cfg.tune_docs < 0:
+        raise UserError("num_workers, min_chars and tune_docs must be >= 0")
+    if cfg.eval_set == "tune" and cfg.tune_docs == 0:
+        raise UserError("eval_set=tune needs a tuning set: set tune_docs > 0")
     for key, f in CONFIG_FIELDS.items():  # Config(...) made in code, not through coerce
         if f.metadata.get("choices") and getattr(cfg, key) not in f.metadata["choices"]:
             raise UserError(f"{key} must be one of {', '.join(f.metadata['choices'])}, got {getattr(cfg, key)!r}")
@@ -1414,6 +1425,15 @@ def split_validation(ds, val_docs):
         raise UserError(f"no training documents left: all {len(texts)} usable documents are validation; "
                         f"lower --val_docs")
     return i, texts, skipped
+
+
+def held_out_sets(ds, val_docs, tune_docs):
+    """The data split in file order: [training lines | tune_docs tuning documents | val_docs validation
+    documents]. The tuning set (for choosing a setting, e.g. ablate.sh --tune) is disjoint from training and
+    from the validation set; tune_docs=0 is exactly split_validation(ds, val_docs).
+    Returns (number of training lines, tuning texts, validation texts, skipped-line counts)."""
+    n_train, texts, skipped = split_validation(ds, val_docs + tune_docs)
+    return n_train, texts[:tune_docs], texts[tune_docs:], skipped
 
 
 def last_documents_streaming(ds, val_docs):
