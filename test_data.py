@@ -386,6 +386,71 @@ def test_zst_stream_resumes_exactly_for_any_worker_count(tmp_path):
     assert all((a == b).all() for a, b in zip(first + rest, full))
 
 
+# -----------------------------------------------------------------------------
+# the training order across epochs, for every kind of data (one file, several files, .jsonl.zst)
+
+def shards(tmp_path, kind):
+    """60 lines (bad ones among them) as one .jsonl, as 4 .jsonl shards, or as 4 multi-frame .jsonl.zst
+    shards; -> (dataset, training lines, {tokens: document number} of the usable training lines,
+    the shard of each document number)."""
+    lines = [doc(t) for t in texts(60)]
+    lines[5], lines[22], lines[40] = b"", b"not json", b'{"text": 3}'
+    folder = tmp_path / kind
+    folder.mkdir()
+    shard = [0 if kind == "one_file" else i // 15 for i in range(60)]
+    for k in sorted(set(shard)):
+        part = b"".join(line + b"\n" for line, s in zip(lines, shard) if s == k)
+        if kind == "zst":
+            write_zst(folder / f"{k}.jsonl.zst", part, frames=2)
+        else:
+            (folder / f"{k}.jsonl").write_bytes(part)
+    ds = train.JSONLDataset(train.resolve_data_paths(str(folder)))
+    n_train = train.split_validation(ds, 4)[0]
+    usable = {tuple(train.tokenize(t).tolist()): i for i, t in enumerate(texts(n_train)) if i not in (5, 22, 40)}
+    return ds, n_train, usable, shard
+
+
+def documents_by_epoch(ds, n_train, usable, epochs, state=None, workers=0):
+    """The document numbers TrainStream hands out, per epoch as the stream itself counts epochs, until
+    it has finished `epochs` epochs (or read as many lines as that takes from its start)."""
+    stream = train.TrainStream(ds, n_train, seed=3, batch_size=2, block_size=8, num_workers=workers, state=state)
+    got = {}
+    for _ in range(epochs * n_train - stream.epoch * n_train - stream.pos):
+        epoch, tokens = stream.epoch, stream.next_document()
+        if len(tokens):
+            got.setdefault(epoch, []).append(usable[tuple(tokens.tolist())])
+    assert (stream.epoch, stream.pos) == (epochs, 0), "the stream did not count its epochs"
+    stream.close()
+    return got
+
+
+@pytest.mark.parametrize("kind", ["one_file", "several_files", "zst"])
+def test_every_epoch_reshuffles_and_a_resume_inside_epoch_1_continues_its_order(tmp_path, kind):
+    ds, n_train, usable, shard = shards(tmp_path, kind)
+    epochs = documents_by_epoch(ds, n_train, usable, 3)
+    assert sorted(epochs) == [0, 1, 2]
+    for order in epochs.values():  # each epoch: every usable training document once
+        assert sorted(order) == sorted(usable.values())
+    for a, b in ((0, 1), (1, 2), (0, 2)):  # no epoch repeats another's order, nor any shard's order in it
+        assert epochs[a] != epochs[b], (a, b)
+        for k in set(shard[:n_train]):
+            assert [d for d in epochs[a] if shard[d] == k] != [d for d in epochs[b] if shard[d] == k], (a, b, k)
+    if kind == "zst":  # the shards are read one after another, in an order reshuffled each epoch too
+        shard_orders = {tuple(dict.fromkeys(shard[d] for d in order)) for order in epochs.values()}
+        assert len(shard_orders) > 1
+    # stopped inside epoch 1 (the state a checkpoint saves), resumed by a new stream: epoch 1 goes on
+    stream, before = train.TrainStream(ds, n_train, seed=3, batch_size=2, block_size=8), []
+    for _ in range(n_train + 20):
+        epoch, tokens = stream.epoch, stream.next_document()
+        if epoch == 1 and len(tokens):
+            before.append(usable[tuple(tokens.tolist())])
+    state = stream.state_dict()
+    assert (state["epoch"], state["pos"]) == (1, 20)
+    stream.close()
+    rest = documents_by_epoch(ds, n_train, usable, 3, state=state, workers=1 if kind == "zst" else 0)
+    assert before and rest[1] and before + rest[1] == epochs[1] and rest[2] == epochs[2]
+
+
 def test_zst_errors_are_one_line(tmp_path, monkeypatch):
     broken = tmp_path / "broken.jsonl.zst"
     broken.write_bytes(b"this is not zstd data at all")

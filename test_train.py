@@ -358,7 +358,8 @@ def test_split_sizes_and_errors(tmp_path, corpus):
 def stream_batches(corpus, n, **kw):
     ds = train.JSONLDataset([corpus])
     n_train = train.split_validation(ds, 10)[0]
-    stream = train.TrainStream(ds, n_train, seed=3, batch_size=kw.pop("batch_size", 3), block_size=16, **kw)
+    stream = train.TrainStream(ds, n_train, seed=3, batch_size=kw.pop("batch_size", 3),
+                               block_size=kw.pop("block_size", 16), **kw)
     batches = [stream.next_batch() for _ in range(n)]
     stream.close()
     return ds, n_train, stream, batches
@@ -397,13 +398,20 @@ def test_batch_size_one_is_one_stream(corpus):
 
 
 def test_order_is_the_same_for_any_worker_count_and_epoch_reshuffles(corpus):
-    _, n_train, s0, b0 = stream_batches(corpus, 150, batch_size=4)
-    _, _, s2, b2 = stream_batches(corpus, 150, batch_size=4, num_workers=2)
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(b0, b2))
-    assert s0.epoch >= 1 and s0.state_dict()["pos"] == s2.state_dict()["pos"]
-    o0 = np.random.default_rng([3, 0]).permutation(n_train)
-    o1 = np.random.default_rng([3, 1]).permutation(n_train)
-    assert not np.array_equal(o0, o1)
+    # the spec: one stream (batch_size 1) is the documents of epoch e in the seeded order
+    # permutation([3, e]), epoch after epoch, whatever the number of workers tokenizing them
+    ds = train.JSONLDataset([corpus])
+    n_train = train.split_validation(ds, 10)[0]
+    orders = [np.random.default_rng([3, epoch]).permutation(n_train) for epoch in range(3)]
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+    epoch_tokens = [np.concatenate([ds[int(i)][0] for i in order]) for order in orders]
+    expected = torch.from_numpy(np.concatenate(epoch_tokens).astype(np.int64))
+    n = (len(epoch_tokens[0]) + len(epoch_tokens[1])) // 32 + 8  # into the third epoch
+    for workers in (0, 2):
+        _, _, stream, batches = stream_batches(corpus, n, batch_size=1, block_size=32, num_workers=workers)
+        assert stream.epoch == 2, workers
+        x = torch.cat([b[0].reshape(-1) for b in batches])
+        assert torch.equal(x, expected[:len(x)]), f"{workers} workers: not the documents of each epoch in its order"
 
 
 def test_stream_resumes_from_its_state(corpus):
