@@ -47,8 +47,10 @@ Statistics (see test_plot.py for the checks):
     (df = n - 1), and the two-sided p-value of the (paired) t-test. The verdict is Holm-Bonferroni at a
     family-wise error of 5% over all comparisons (or all effects) in the report. One seed, or no spread
     between the seeds: no test is possible and the report says so.
-  * power: the minimum detectable effect at 80% power at the corrected level alpha/k (k comparisons),
-    MDE = (t_{1-alpha/(2k), n-1} + t_{0.8, n-1}) * sd / sqrt(n), and the seeds needed to detect 0.02 nats.
+  * power: the minimum detectable effect at 80% power at the corrected level alpha/k (k comparisons), exact
+    from the noncentral t distribution at the observed sd, and the fewest seeds that detect 0.02 nats; both
+    also at the ends of the 95% chi-square interval of the true sd (with 2-4 seeds the sd itself is uncertain
+    by a large factor). Power never licenses "no effect": that claim comes only from a 95% CI inside +-0.02.
 
 Each argument may be a log.txt or the run's out_dir. Bad input (no files, a missing file, a log
 without usable rows, an unknown switch) gives a one-line error on stderr and exit code 2.
@@ -436,43 +438,77 @@ def holm(pvalues, alpha=ALPHA):
     return adjusted, rejected
 
 
+@functools.cache
+def _stats():
+    from scipy import optimize, stats   # imported on first use, like _special
+    return optimize, stats
+
+
+def t_test_power(nc, n, k, alpha=ALPHA):
+    """Exact power of the two-sided one-sample (= paired) t-test at level alpha/k with n values when the
+    true mean is nc standard errors from 0 (nc = mean * sqrt(n) / sd): P(|T| > t_{1-alpha/2k, n-1}) for T
+    noncentral t with n-1 degrees of freedom and noncentrality nc (scipy.stats.nct)."""
+    nct = _stats()[1].nct
+    crit = t_quantile(1 - alpha / (2 * k), n - 1)
+    return float(nct.sf(crit, n - 1, nc) + nct.sf(crit, n - 1, -nc))   # upper tail + lower tail
+
+
+@functools.lru_cache(maxsize=None)
+def _mde_per_sd(n, k, alpha, power):
+    """The exact minimum detectable effect for n values in units of their sd: nc* / sqrt(n), where nc* is
+    the noncentrality at which t_test_power reaches `power` (found by root finding; cached: it depends
+    on n, k, alpha and power only)."""
+    optimize = _stats()[0]
+    hi = float(t_quantile(1 - alpha / (2 * k), n - 1) + t_quantile(power, n - 1)) + 1.0
+    while t_test_power(hi, n, k, alpha) < power:
+        hi *= 2
+    nc = optimize.brentq(lambda x: t_test_power(x, n, k, alpha) - power, 0.0, hi, xtol=1e-10, rtol=1e-10)
+    return nc / math.sqrt(n)
+
+
 def min_detectable_effect(sd, n, k, alpha=ALPHA, power=POWER):
-    """Smallest |mean| a two-sided t-test at level alpha/k detects with the given power, for n values
-    with standard deviation sd: (t_{1-alpha/(2k), n-1} + t_{power, n-1}) * sd / sqrt(n). Arrays work."""
-    n = np.asarray(n, dtype=float)
-    return (t_quantile(1 - alpha / (2 * k), n - 1) + t_quantile(power, n - 1)) * np.asarray(sd) / np.sqrt(n)
+    """Smallest |mean| that the two-sided t-test at level alpha/k detects with probability `power`, for n
+    values whose true standard deviation is sd: exact, from the noncentral t distribution (the shortcut
+    (t_{1-alpha/2k} + t_power) * sd / sqrt(n) is 2-26% too small at n = 2-4). Arrays work."""
+    per_sd = np.vectorize(lambda m: _mde_per_sd(int(m), int(k), float(alpha), float(power)), otypes=[float])
+    return np.asarray(sd, dtype=float) * per_sd(n)
 
 
 def seeds_needed(sd, k, target=TARGET, alpha=ALPHA, power=POWER, max_n=MAX_SEEDS):
     """Smallest n >= 2 whose min_detectable_effect(sd, n, k) <= target, or max_n + 1 when even max_n
-    seeds are not enough. The normal approximation n_z = ((z_{1-alpha/2k} + z_power) sd / target)^2 is a
-    lower bound (t quantiles exceed normal ones); scan up from it, then bisect if the scan is not enough."""
-    q, sp = 1 - alpha / (2 * k), _special()
-    z = sp.ndtri(q) + sp.ndtri(power)
-    ok = lambda n: (sp.stdtrit(n - 1, q) + sp.stdtrit(n - 1, power)) * sd / math.sqrt(n) <= target  # = MDE
-    lo = max(2, math.ceil((z * sd / target) ** 2) if sd > 0 else 2)
-    if lo > max_n:
+    seeds are not enough. The MDE falls with n, so: start at the normal-theory answer
+    ((z_{1-alpha/2k} + z_power) sd / target)^2 and step down while n - 1 still suffices, up while n does not."""
+    ok = lambda n: _mde_per_sd(n, int(k), float(alpha), float(power)) * sd <= target
+    if not ok(max_n):
         return max_n + 1
-    for n in range(lo, min(lo + 32, max_n + 1)):
-        if ok(n):
-            return n
-    lo, hi = min(lo + 31, max_n), max_n + 1     # lo fails; hi passes (max_n + 1 by convention)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
-    return hi
+    sp = _special()
+    z = sp.ndtri(1 - alpha / (2 * k)) + sp.ndtri(power)
+    n = min(max_n, max(2, math.ceil((z * sd / target) ** 2)))
+    while n > 2 and ok(n - 1):
+        n -= 1
+    while not ok(n):
+        n += 1
+    return n
 
 
-def family_stats(samples, alpha=ALPHA, power=POWER, target=TARGET):
+@functools.lru_cache(maxsize=None)
+def sd_ratio_interval(df, conf=0.95):
+    """(lo, hi): the true sd lies in [lo * s, hi * s] with confidence conf, for an observed sd s with df
+    degrees of freedom (chi-square interval: df s^2 / sigma^2 ~ chi2(df)). df = 3 (4 seeds): (0.57, 3.73)."""
+    chi2 = _stats()[1].chi2
+    return (math.sqrt(df / chi2.ppf(0.5 + conf / 2, df)), math.sqrt(df / chi2.ppf(0.5 - conf / 2, df)))
+
+
+def family_stats(samples, alpha=ALPHA, target=TARGET):
     """
     The statistics of one report. samples: {name: per-seed values} (paired differences against the
     reference, or per-seed factorial effects); each is tested for mean 0 with a two-sided one-sample
     t-test (= the paired t-test of the two arms), and the family of all testable names gets a
     Holm-Bonferroni verdict at family-wise level alpha. Returns {name: dict} with
-    n, mean, sd, se, df, t, p, ci (95%, t with df = n-1), p_holm, significant (True/False, or None
-    with `reason` when no test is possible: one seed, or no spread), k (tests in the family),
-    mde (minimum detectable effect at `power` and level alpha/k) and seeds_for_target (seeds that
-    would detect `target` nats at the observed sd; MAX_SEEDS + 1 means more than MAX_SEEDS).
+    n, mean, sd, se, df, t, p, ci (95% per comparison, t with df = n-1), p_holm, significant (True/False,
+    or None with `reason` when no test is possible: one seed, or no spread), k (tests in the family),
+    within_target (the whole 95% CI inside +-target: an effect larger than target is ruled out), and
+    the power entries (None here; add_power fills them in).
     """
     out = {}
     for name, values in samples.items():
@@ -480,7 +516,8 @@ def family_stats(samples, alpha=ALPHA, power=POWER, target=TARGET):
         n = len(v)
         mean, sd = mean_std(v)
         st = {"n": n, "mean": mean, "sd": sd, "se": None, "df": n - 1, "t": None, "p": None, "ci": None,
-              "p_holm": None, "significant": None, "reason": None, "k": 0, "mde": None, "seeds_for_target": None}
+              "p_holm": None, "significant": None, "reason": None, "k": 0, "within_target": None, "sd_ci": None,
+              "mde": None, "mde_range": None, "seeds_for_target": None, "seeds_range": None}
         if n == 0:
             st["reason"] = "no paired seed"
         elif n == 1:
@@ -499,15 +536,31 @@ def family_stats(samples, alpha=ALPHA, power=POWER, target=TARGET):
     t = np.array([out[x]["t"] for x in tested])
     p = np.minimum(1.0, 2 * t_sf(np.abs(t), df))
     half = t_quantile(0.975, df) * np.array([out[x]["se"] for x in tested])
-    sds = np.array([out[x]["sd"] for x in tested])
-    mde = min_detectable_effect(sds, df + 1, k, alpha, power)
-    need = [seeds_needed(x, k, target, alpha, power) for x in sds]
     adjusted, rejected = holm([float(x) for x in p], alpha)
     for i, name in enumerate(tested):
         st = out[name]
-        st.update(p=float(p[i]), p_holm=adjusted[i], significant=rejected[i], k=k, mde=float(mde[i]),
-                  seeds_for_target=int(need[i]), ci=(st["mean"] - float(half[i]), st["mean"] + float(half[i])))
+        ci = (st["mean"] - float(half[i]), st["mean"] + float(half[i]))
+        st.update(p=float(p[i]), p_holm=adjusted[i], significant=rejected[i], k=k, ci=ci,
+                  within_target=-target < ci[0] and ci[1] < target)
     return out
+
+
+def add_power(family, alpha=ALPHA, power=POWER, target=TARGET):
+    """Fill in the power entries of family_stats' tested entries: sd_ci (95% interval of the true sd),
+    mde (exact minimum detectable effect at `power` and level alpha/k, at the observed sd) with mde_range
+    (the same at the ends of sd_ci), seeds_for_target (seeds that would detect `target` nats at the
+    observed sd; MAX_SEEDS + 1 means more than MAX_SEEDS) with seeds_range (at the ends of sd_ci).
+    With 2-4 seeds the sd, and so every power number, is uncertain by a large factor: hence the ranges."""
+    for st in family.values():
+        if st["t"] is None:
+            continue
+        lo, hi = sd_ratio_interval(st["df"])
+        sds = (st["sd"], st["sd"] * lo, st["sd"] * hi)
+        mde = [float(min_detectable_effect(sd, st["n"], st["k"], alpha, power)) for sd in sds]
+        need = [seeds_needed(sd, st["k"], target, alpha, power) for sd in sds]
+        st.update(sd_ci=sds[1:], mde=mde[0], mde_range=tuple(mde[1:]), seeds_for_target=need[0],
+                  seeds_range=tuple(need[1:]))
+    return family
 
 
 def factorial_effects(cells_by_seed, names):
@@ -690,10 +743,15 @@ def analyze(runs, design=None):
             if r.seed is not None and on is not None:
                 cells_by_seed.setdefault(r.seed, {})[on] = r.val_nll
         samples, used, skipped = factorial_effects(cells_by_seed, names) if names else ({}, [], [])
+        higher = 2 ** len(names) - 1 - len(names) - math.comb(len(names), 2)
+        if higher:
+            notes.append(f"Interactions of three or more switches ({higher} of them) are neither estimated nor "
+                         f"tested: the effects above are the {len(names)} main effects and the "
+                         f"{math.comb(len(names), 2)} two-way interactions.")
         if skipped:
             notes.append(f"Seeds {', '.join(map(str, skipped))} lack some of the {2 ** len(names)} cells and are "
                          f"left out of the effects.")
-        family, family_kind = family_stats(samples), "effects"
+        family, family_kind = add_power(family_stats(samples)), "effects"
     else:
         ref_runs = {r.seed: r.val_nll for r in groups.get(ref, []) if r.seed is not None}
         samples = {}
@@ -701,7 +759,7 @@ def analyze(runs, design=None):
             for e, rs in groups.items():
                 if e != ref:
                     samples[e] = paired_diff({r.seed: r.val_nll for r in rs if r.seed is not None}, ref_runs)[1]
-        family, family_kind = family_stats(samples), "comparisons"
+        family, family_kind = add_power(family_stats(samples)), "comparisons"
         for row in rows:
             row["stats"] = family.get(row["experiment"])
     return Analysis(design, groups, rows, family, family_kind, notes)
@@ -728,6 +786,8 @@ def effect_word(name, st, a):
     if st["significant"] is None:
         return st["reason"] if st["reason"] != "no spread between seeds: no test possible" else "no spread: no test"
     if not st["significant"]:
+        if st["ci"][0] > 0 or st["ci"][1] < 0:   # p < 0.05 alone, but not at the corrected level
+            return "not detected after Holm (CI alone excludes 0)"
         return "not detected"
     lower = st["mean"] < 0
     if a.family_kind == "effects":
@@ -764,54 +824,89 @@ def verdict_line(a):
     for x, st in fam.items():
         if st["significant"] is None:
             untested.setdefault(st["reason"], []).append(x)
-    tail = "".join(f"; {reason}: {_names(xs)}" for reason, xs in untested.items())
+    tail = "".join(f"; {reason}: {_text_names(a, xs)}" for reason, xs in untested.items())
     if not tested:
         return "Verdict: " + tail[2:] + "."
-    sig = lambda neg: [x for x in tested if fam[x]["significant"] and (fam[x]["mean"] < 0) == neg]
+    sig = lambda neg, xs=tested: [x for x in xs if fam[x]["significant"] and (fam[x]["mean"] < 0) == neg]
     nd = [x for x in tested if not fam[x]["significant"]]
     kind = a.design["design"]
     if a.family_kind == "effects":
-        body = (f"lower NLL: {_names(sig(True))}; raise NLL: {_names(sig(False))}; not detected: {_names(nd)}")
+        main = [x for x in tested if " × " not in x]
+        inter = [x for x in tested if " × " in x]
+        body = (f"main effects: lower NLL: {_names(sig(True, main))}; raise NLL: {_names(sig(False, main))}; "
+                f"interactions: synergy (<0): {_names(sig(True, inter))}; interference (>0): "
+                f"{_names(sig(False, inter))}; not detected: {_names(nd)}")
     elif kind == "leave-one-out":
-        helps = [x.removeprefix("no_") for x in sig(False)]
-        hurts = [x.removeprefix("no_") for x in sig(True)]
-        body = (f"helps inside the full recipe (removing it raises NLL): {_names(helps)}; "
-                f"hurts (removing it lowers NLL): {_names(hurts)}; not detected: {_names(nd)}")
+        body = (f"helps inside the full recipe (removing it raises NLL): {_text_names(a, sig(False))}; "
+                f"hurts (removing it lowers NLL): {_text_names(a, sig(True))}; not detected: {_text_names(a, nd)}")
     else:
         ref = a.design.get("reference", "baseline")
         body = f"better than {ref}: {_names(sig(True))}; worse: {_names(sig(False))}; not detected: {_names(nd)}"
-    return head + body + tail + "."
+    alone = [x for x in nd if fam[x]["ci"][0] > 0 or fam[x]["ci"][1] < 0]
+    why = (f" ({_text_names(a, alone)}: the per-comparison 95% CI excludes 0, but with {k} tests the corrected "
+           f"level is stricter, so not detected.)" if alone else "")
+    return head + body + tail + "." + why
+
+
+def _text_names(a, xs):
+    """Names for the report's sentences: leave-one-out comparisons by the switch they remove (no_rope ->
+    rope) in every sentence, so that each list means the same thing."""
+    if a.design["design"] == "leave-one-out":
+        xs = [x.removeprefix("no_") for x in xs]
+    return _names(xs)
+
+
+def _fmt_int_range(lo, hi):
+    return _fmt_seeds(lo) if lo == hi else f"{_fmt_seeds(lo)}-{_fmt_seeds(hi)}"
 
 
 def power_line(a):
-    """Whether "not detected" means "no effect" or "too few seeds"."""
+    """Whether "not detected" means "no effect" or "too few seeds": power says only how large an effect
+    these seeds would catch (with ranges, as the sd of a few seeds is itself uncertain); a claim of no effect
+    larger than TARGET comes from the interval alone (the whole 95% CI inside +-TARGET)."""
     fam = a.family
     nd = [x for x, st in fam.items() if st["significant"] is False]
+    small = [x for x in nd if fam[x]["within_target"]]
+    unresolved = [x for x in nd if not fam[x]["within_target"]]
     untested = [x for x, st in fam.items() if st["significant"] is None]
     parts = []
-    if nd:
-        sts = [fam[x] for x in nd]
+    if small:
+        parts.append(f"No effect larger than {TARGET} nats ({_text_names(a, small)}): the whole 95% CI (per "
+                     f"comparison) lies inside ±{TARGET} nats; this comes from the interval, not from power.")
+    power_of = unresolved or [x for x, st in fam.items() if st["significant"]]
+    if power_of:
+        sts = [fam[x] for x in power_of]
         ns = sorted({st["n"] for st in sts})
+        seeds = "/".join(map(str, ns))
         mde = _fmt_range([st["mde"] for st in sts])
         need = [st["seeds_for_target"] for st in sts]
-        seeds = "/".join(map(str, ns))
-        if all(st["mde"] <= TARGET for st in sts):
-            parts.append(f"Not detected ({_names(nd)}): with {seeds} seeds and the observed noise these tests "
-                         f"would find |effect| >= {mde} nats (80% power, corrected level), so these effects are "
-                         f"probably smaller than that (a real null result, not a lack of seeds).")
+        plausible_mde = _fmt_range([min(st["mde_range"][0] for st in sts), max(st["mde_range"][1] for st in sts)])
+        plausible_need = _fmt_int_range(min(st["seeds_range"][0] for st in sts), max(st["seeds_range"][1] for st in sts))
+        factors = "; ".join(f"with {n} seeds {sd_ratio_interval(n - 1)[0]:.2f}-{sd_ratio_interval(n - 1)[1]:.2f}x"
+                            for n in ns)
+        what = (f"with {seeds} seeds and the observed noise (sd {_fmt_range([st['sd'] for st in sts])} nats) these "
+                f"tests find |effect| >= {mde} nats with 80% power (exact, noncentral t, corrected level), and "
+                f"{TARGET} nats would need {_fmt_int_range(min(need), max(need))} seeds. But the sd of so few seeds "
+                f"is itself uncertain (95% interval of the true sd: {factors} the observed), so that effect size "
+                f"is plausibly {plausible_mde} nats and the seeds needed {plausible_need}.")
+        if unresolved:
+            parts.append(f"Not detected ({_text_names(a, unresolved)}) does not mean no effect: {what} "
+                         f"Too few seeds, not evidence of no effect.")
         else:
-            parts.append(f"Not detected ({_names(nd)}) does not mean no effect: with {seeds} seeds and the "
-                         f"observed noise (sd {_fmt_range([st['sd'] for st in sts])} nats) these tests only find "
-                         f"|effect| >= {mde} nats (80% power, corrected level); finding {TARGET} nats would need "
-                         f"{_fmt_seeds(min(need))}" + ("" if min(need) == max(need) else f"-{_fmt_seeds(max(need))}")
-                         + " seeds. Too few seeds, not evidence of no effect.")
-    sig = [x for x, st in fam.items() if st["significant"]]
-    if sig and not nd:
-        parts.append(f"Power: minimum detectable effect {_fmt_range([fam[x]['mde'] for x in sig])} nats "
-                     f"(80% power, corrected level).")
-    if untested:
-        parts.append(f"No test possible for {_names(untested)}: a paired t-test needs at least 2 seeds with "
-                     f"some spread (ablate.sh --seeds 3 or more).")
+            parts.append(f"Power: {what}")
+    spread = [x for x in untested if fam[x]["reason"] == "no spread between seeds: no test possible"]
+    one = [x for x in untested if fam[x]["n"] == 1]
+    unpaired = [x for x in untested if fam[x]["n"] == 0]
+    if one:
+        parts.append(f"No test possible for {_text_names(a, one)}: one paired seed; a paired t-test needs at "
+                     f"least 2 (ablate.sh --seeds 3 or more for a usable one).")
+    if spread:
+        parts.append(f"No test possible for {_text_names(a, spread)}: the paired difference is the same on every "
+                     f"seed (no spread), which more seeds will not change if the two arms train identically; "
+                     f"check that the switch changes the run.")
+    if unpaired:
+        parts.append(f"No test possible for {_text_names(a, unpaired)}: no seed where both it and the reference "
+                     f"finished.")
     return " ".join(parts)
 
 
@@ -851,8 +946,11 @@ def method_line(a):
     ref = a.design.get("reference", "baseline")
     noise = ("NLL noise: ± = std over seeds; eval se = standard error of the final val NLL over validation "
              "windows (mean over seeds).")
-    test = ("95% CI from Student t (df = n-1, per comparison); p = two-sided t-test; verdict = Holm-adjusted "
-            "p <= 0.05; MDE = (t(1-0.05/2k) + t(0.8)) · sd/√n with k tests and the sd of the per-seed values.")
+    test = ("95% CI from Student t (df = n-1, per comparison, not corrected); p = two-sided t-test; verdict = "
+            "Holm-adjusted p <= 0.05 over the k tests; MDE = the |Δ| the t-test at level 0.05/k detects with 80% "
+            "power (exact: noncentral t) at the observed sd of the per-seed values, and seeds for "
+            f"{TARGET} = the fewest seeds whose MDE is <= {TARGET} nats; in brackets both at the ends of the "
+            "95% chi-square interval of the true sd.")
     if kind == "factorial":
         what = ("Factorial effects per seed with ±1 coding: main effect A = mean(cells A on) - mean(cells A off); "
                 "interaction A × B = mean(cells where A, B agree) - mean(cells where they differ) = half the "
@@ -911,8 +1009,10 @@ def stats_cells(name, st, a):
         return ["n/a", "n/a", "n/a", "n/a", "no paired seed", "n/a", "n/a"]
     mean = _signed(st["mean"])
     ci = f"[{_signed(st['ci'][0])}, {_signed(st['ci'][1])}]" if st["ci"] else "n/a"
-    mde = f"{st['mde']:.4f}" if st["mde"] is not None else "n/a"
-    need = _fmt_seeds(st["seeds_for_target"]) if st["seeds_for_target"] is not None else "n/a"
+    mde, need = "n/a", "n/a"
+    if st["mde"] is not None:   # the number at the observed sd, then its range over the sd's 95% interval
+        mde = f"{st['mde']:.3f} ({st['mde_range'][0]:.3f}-{st['mde_range'][1]:.3f})"
+        need = f"{_fmt_seeds(st['seeds_for_target'])} ({_fmt_int_range(*st['seeds_range'])})"
     return [mean, ci, fmt_p(st["p"]), fmt_p(st["p_holm"]), effect_word(name, st, a), mde, need]
 
 
@@ -931,7 +1031,8 @@ def run_cells(row):
 
 RUN_HEADER = ["experiment", "switches on", "params", "seeds", "tokens", "val NLL (mean ± std)", "eval se",
               "val bpb", "tokens/s (train)", "time train / eval"]
-STATS_HEADER = ["mean", "95% CI", "p", "p (Holm)", "verdict", "MDE (80%)", f"seeds for {TARGET}"]
+STATS_HEADER = ["mean", "95% CI (per comparison)", "p", "p (Holm)", "verdict", "MDE 80% (sd range)",
+                f"seeds for {TARGET} (sd range)"]
 
 
 def comparison_header(a):
@@ -1321,7 +1422,8 @@ designs (--print-design; ablate.sh writes the json to OUT/design.json):
 
 report statistics: paired on seed; mean, 95% CI (Student t, df = n-1), two-sided p, Holm-Bonferroni verdict
 at family-wise 5% over the report's comparisons (factorial: its main effects and interactions); minimum
-detectable effect at 80% power and seeds needed for 0.02 nats. One seed: no test, said plainly.
+detectable effect at 80% power (exact, noncentral t) and seeds needed for 0.02 nats, with their ranges over
+the 95% interval of the true sd. One seed: no test, said plainly.
 """
 
 
