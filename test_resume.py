@@ -2,6 +2,7 @@
 Tiny models on CPU; subprocesses only where the real process matters (signals, kill -9, one-line stderr).
 Run with: python -m pytest -q test_resume.py"""
 
+import contextlib
 import json
 import os
 import random
@@ -91,7 +92,8 @@ class StopAt(train.StopFlag):
 
 
 class SignalAt(train.StopFlag):
-    """Sends real signals to this process during step `at`: StopFlag's own handlers must react."""
+    """Sends real signals to this process during step `at`: StopFlag's own handlers must react. Use it
+    inside `caught(...)`, so that a signal train.py fails to handle fails the test, not the test run."""
 
     def __init__(self, at, *signals):
         super().__init__()
@@ -102,6 +104,21 @@ class SignalAt(train.StopFlag):
             for sig in self.signals:
                 os.kill(os.getpid(), sig)
         return super().requested(step)
+
+
+@contextlib.contextmanager
+def caught(*signals):
+    """A stand-in handler for each signal, for the duration: a signal that train.py does not handle is
+    recorded (the list it yields) instead of killing pytest (SIGUSR1, SIGTERM) or interrupting the whole
+    test run (SIGINT's KeyboardInterrupt)."""
+    leaked = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: leaked.append(signal.Signals(signum).name))
+                for sig in signals}
+    try:
+        yield leaked
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def one_error_line(err):
@@ -147,13 +164,18 @@ def test_signal_to_the_process_group_saves_exits_75_and_resumes_exactly(corpus, 
     assert_same_as_reference(tmp_path, reference, f"SIGTERM at step {step}")
 
 
-def test_usr1_and_a_first_ctrl_c_save_and_exit_75(corpus, tmp_path, capfd):
-    for sig in (signal.SIGUSR1, signal.SIGINT):
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_usr1_term_and_a_first_ctrl_c_save_and_exit_75(sig, corpus, tmp_path, capfd):
+    with caught(sig) as leaked:
         before = signal.getsignal(sig)
         out = tmp_path / sig.name
-        with pytest.raises(SystemExit) as stopped:
+        try:
             train.train(config(corpus, out, max_iters=3), stop=SignalAt(1, sig))
-        assert stopped.value.code == train.EXIT_PREEMPTED
+            code = "no exit: the run finished"
+        except SystemExit as stopped:
+            code = stopped.code
+        assert not leaked, f"train.py does not handle {sig.name}"
+        assert code == train.EXIT_PREEMPTED
         assert train.load_checkpoint(out / "ckpt.pt")["step"] == 1
         assert signal.getsignal(sig) is before  # the handlers are put back
         assert f"{sig.name}: saving a checkpoint" in capfd.readouterr().err
@@ -162,7 +184,7 @@ def test_usr1_and_a_first_ctrl_c_save_and_exit_75(corpus, tmp_path, capfd):
 def test_a_signal_during_the_final_evaluation_lets_the_run_finish(corpus, tmp_path, monkeypatch):
     """The handlers stay installed until the end: SLURM's warning arriving during the (long) final
     evaluation must not kill the run. A stand-in handler catches the signal if it leaks."""
-    leaked, calls, real_evaluate = [], [], train.evaluate
+    calls, real_evaluate = [], train.evaluate
 
     def evaluate(*args, **kw):
         calls.append(1)
@@ -171,18 +193,16 @@ def test_a_signal_during_the_final_evaluation_lets_the_run_finish(corpus, tmp_pa
         return real_evaluate(*args, **kw)
 
     monkeypatch.setattr(train, "evaluate", evaluate)
-    previous = signal.signal(signal.SIGUSR1, lambda *a: leaked.append(a))
-    try:
+    with caught(signal.SIGUSR1) as leaked:
         results = train.train(config(corpus, tmp_path, max_iters=2))
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
     assert len(calls) == 2 and not leaked
     assert results["steps"] == 2 and (tmp_path / "results.json").is_file()
 
 
 def test_a_second_ctrl_c_exits_at_once(corpus, tmp_path):
-    with pytest.raises(KeyboardInterrupt):
+    with caught(signal.SIGINT) as leaked, pytest.raises(KeyboardInterrupt):
         train.train(config(corpus, tmp_path, max_iters=3), stop=SignalAt(1, signal.SIGINT, signal.SIGINT))
+    assert not leaked, "train.py does not handle SIGINT"
     assert not (tmp_path / "ckpt.pt").exists()  # no checkpoint written: it stopped at once
 
 
