@@ -231,6 +231,18 @@ def clean_events(events):
     return start, out["train"], out["eval"]
 
 
+def divergence(events):
+    """The log's last "nan" event (train.py writes one when the loss turns non-finite, then exits 3), unless
+    a later "resume" continued the run from a checkpoint; else None."""
+    last = None
+    for e in events:
+        if e.get("event") == "nan":
+            last = e
+        elif e.get("event") == "resume":
+            last = None
+    return last
+
+
 @dataclass
 class Run:
     """One training run: its curves from log.txt and, if it finished, results.json."""
@@ -242,6 +254,29 @@ class Run:
     evals: list = field(default_factory=list)    # eval rows, sorted by step
     start: dict | None = None
     results: dict | None = None
+    nan_event: dict | None = None                # the log's "nan" event when the run diverged there
+
+    @property
+    def status(self):
+        """'finished' (results.json with a finite val NLL), 'diverged' (a nan event in the log, or a
+        non-finite final val NLL) or 'unfinished' (no results.json: stopped, killed or still running)."""
+        if self.nan_event is not None:
+            return "diverged"
+        if self.results is not None:
+            return "finished" if _is_num(self.results.get("val_nll")) else "diverged"
+        return "unfinished"
+
+    @property
+    def status_text(self):
+        """'finished', 'diverged at step 180', 'diverged at the final evaluation (step 500)',
+        'unfinished (last logged step 300)'."""
+        if self.status == "diverged":
+            if self.nan_event is not None and _is_num(self.nan_event.get("step")):
+                return f"diverged at step {int(self.nan_event['step'])}"
+            return f"diverged at the final evaluation (step {self.steps})"
+        if self.status == "unfinished":
+            return f"unfinished (last logged step {self.steps})"
+        return "finished"
 
     @property
     def config(self):
@@ -254,6 +289,10 @@ class Run:
         return float(v) if _is_num(v) else None
 
     def _final(self, key):
+        """The final number; a diverged run has none (an earlier estimate is not its result); an
+        unfinished one shows its last periodic evaluation (labelled so by `source`)."""
+        if self.status == "diverged":
+            return float("nan")
         if self._result(key) is not None:
             return self._result(key)
         vals = [r[key] for r in self.evals if _is_num(r.get(key))]
@@ -321,7 +360,9 @@ class Run:
 
     @property
     def source(self):
-        return "results.json" if self.results else f"log (step {self.steps})"
+        if self.status == "diverged":
+            return self.status_text
+        return "results.json" if self.results else f"log (step {self.steps}, unfinished)"
 
 
 def run_identity(out_dir):
@@ -338,7 +379,8 @@ def load_run(path):
     log_path = path / "log.txt" if path.is_dir() else path
     if not log_path.is_file():
         raise UsageError(f"no such file: {log_path}")
-    start, train, evals = clean_events(read_log(log_path))
+    events = read_log(log_path)
+    start, train, evals = clean_events(events)
     if not train and not evals:
         raise UsageError(f"no usable train/eval rows in {log_path}")
     out_dir = log_path.resolve().parent
@@ -349,7 +391,7 @@ def load_run(path):
         except ValueError:
             print(f"plot.py: warning: ignoring unreadable {out_dir / 'results.json'}", file=sys.stderr)
     name, experiment, seed = run_identity(out_dir)
-    run = Run(name, out_dir, experiment, seed, train, evals, start, results)
+    run = Run(name, out_dir, experiment, seed, train, evals, start, results, divergence(events))
     if run.seed is None and isinstance(run.config.get("seed"), int):
         run.seed = run.config["seed"]
     return run
@@ -694,22 +736,29 @@ class Analysis:
     family: dict                   # {comparison or effect name: family_stats entry}
     family_kind: str               # "comparisons" or "effects"
     notes: list                    # extra lines (skipped seeds, missing cells)
+    seeds: list = field(default_factory=list)   # the seeds of all runs (the design's seeds)
+    used_seeds: dict = field(default_factory=dict)   # {comparison or effect: seeds it used}
 
 
-def summarize_experiment(exp, runs, on, switches, design):
+def summarize_experiment(exp, all_runs, on, switches, design):
+    """An experiment's row: its numbers over its finished runs; the others are counted in `failed`."""
+    runs = [r for r in all_runs if r.status == "finished"]
     nll_mean, nll_std = mean_std([r.val_nll for r in runs])
-    params = [r.params for r in runs if r.params is not None]
+    params = [r.params for r in all_runs if r.params is not None]
     ses = [r.val_nll_se for r in runs if r.val_nll_se is not None]
     return {
         "experiment": exp,
         "switches": on_label(on, switches, design) if on is not None else "?",
         "params": params[0] if params else None,
-        "n": sum(_is_num(r.val_nll) for r in runs),
+        "n": len(runs),
+        "runs": len(all_runs),
+        "failed": [r for r in all_runs if r.status != "finished"],
+        "pairs": None,     # the seeds its comparison with the reference paired on, if any
         "nll_mean": nll_mean,
         "nll_std": nll_std,
         "eval_se": mean_std(ses)[0] if ses else None,
         "bpb_mean": mean_std([r.val_bpb for r in runs])[0],
-        "tokens": [r.tokens for r in runs],
+        "tokens": [r.tokens for r in runs],       # finished runs: the ones the numbers use
         "tps_mean": mean_std([r.tokens_per_s for r in runs])[0],
         "train_time": mean_std([r.train_time for r in runs if r.train_time is not None])[0],
         "eval_time": mean_std([r.eval_time for r in runs if r.eval_time is not None])[0],
@@ -735,34 +784,40 @@ def analyze(runs, design=None):
         return config_on_set(run, switches)
 
     rows = [summarize_experiment(e, rs, run_on(rs[0]) if rs else None, switches, kind) for e, rs in groups.items()]
+    finished = [r for r in runs if r.status == "finished"]   # failed runs are named, never averaged in
+    seeds = sorted({r.seed for r in runs if r.seed is not None})
     if kind == "factorial":
         names = [s["name"] for s in switches]
         cells_by_seed = {}
-        for r in runs:
+        for r in finished:
             on = run_on(r)
             if r.seed is not None and on is not None:
                 cells_by_seed.setdefault(r.seed, {})[on] = r.val_nll
         samples, used, skipped = factorial_effects(cells_by_seed, names) if names else ({}, [], [])
+        skipped = sorted(set(skipped) | (set(seeds) - set(cells_by_seed)))
+        if skipped:
+            notes.append(f"Seeds {', '.join(map(str, skipped))} lack a finished run in some of the {2 ** len(names)} "
+                         f"cells and are left out of the effects.")
         higher = 2 ** len(names) - 1 - len(names) - math.comb(len(names), 2)
         if higher:
             notes.append(f"Interactions of three or more switches ({higher} of them) are neither estimated nor "
                          f"tested: the effects above are the {len(names)} main effects and the "
                          f"{math.comb(len(names), 2)} two-way interactions.")
-        if skipped:
-            notes.append(f"Seeds {', '.join(map(str, skipped))} lack some of the {2 ** len(names)} cells and are "
-                         f"left out of the effects.")
         family, family_kind = add_power(family_stats(samples)), "effects"
+        used_seeds = {e: used for e in samples}
     else:
-        ref_runs = {r.seed: r.val_nll for r in groups.get(ref, []) if r.seed is not None}
-        samples = {}
+        ref_runs = {r.seed: r.val_nll for r in finished if r.experiment == ref and r.seed is not None}
+        samples, used_seeds = {}, {}
         if ref in groups:
             for e, rs in groups.items():
                 if e != ref:
-                    samples[e] = paired_diff({r.seed: r.val_nll for r in rs if r.seed is not None}, ref_runs)[1]
+                    mine = {r.seed: r.val_nll for r in rs if r.status == "finished" and r.seed is not None}
+                    used_seeds[e], samples[e] = paired_diff(mine, ref_runs)
         family, family_kind = add_power(family_stats(samples)), "comparisons"
         for row in rows:
             row["stats"] = family.get(row["experiment"])
-    return Analysis(design, groups, rows, family, family_kind, notes)
+            row["pairs"] = used_seeds.get(row["experiment"])
+    return Analysis(design, groups, rows, family, family_kind, notes, seeds, used_seeds)
 
 # -----------------------------------------------------------------------------
 # the report's sentences
@@ -802,11 +857,43 @@ def effect_word(name, st, a):
 
 def design_line(a):
     d = a.design
-    seeds = sorted({r.seed for rs in a.groups.values() for r in rs if r.seed is not None})
     names = _names([s["name"] for s in d.get("switches", [])])
     ref = "" if d["design"] == "factorial" else f"; reference: {d.get('reference')}"
+    runs = [r for rs in a.groups.values() for r in rs]
+    done = sum(r.status == "finished" for r in runs)
+    failed = "" if done == len(runs) else f"; {done} of {len(runs)} runs finished (the others: see the verdict)"
     return (f"Design: {d['design']} ({d.get('source', 'design.json')}); switches: {names}{ref}; "
-            f"{len(a.groups)} experiments, {len(seeds)} seed(s), paired on seed.")
+            f"{len(a.groups)} experiments, {len(a.seeds)} seed(s) ({_seed_list(a.seeds)}), paired on seed{failed}.")
+
+
+def _seed_list(seeds):
+    """[1, 2, 3, 4] -> '1-4'; [1, 3] -> '1, 3'."""
+    if len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds)) or "none"
+
+
+def failure_line(a):
+    """The runs left out of every number, as results: 'rope: 1 of 4 seeds diverged at step 180 (seed 2)'.
+    A divergence says the change was unstable in this setting; an unfinished run is only missing."""
+    parts = []
+    for row in a.rows:
+        exp, n = row["experiment"], row["runs"]
+        div = [r for r in row["failed"] if r.status == "diverged"]
+        unf = [r for r in row["failed"] if r.status == "unfinished"]
+        if len(div) == 1:
+            parts.append(f"{exp}: 1 of {n} seeds {div[0].status_text} (seed {div[0].seed})")
+        elif div:
+            parts.append(f"{exp}: {len(div)} of {n} seeds diverged (" +
+                         ", ".join(f"seed {r.seed} {r.status_text.removeprefix('diverged ')}" for r in div) + ")")
+        if unf:
+            parts.append(f"{exp}: {len(unf)} of {n} seeds unfinished, excluded (" +
+                         ", ".join(f"seed {r.seed}, {r.status_text.removeprefix('unfinished (')[:-1]}" for r in unf)
+                         + ")")
+    if not parts:
+        return ""
+    return ("Failed runs, left out of every number (a comparison uses the seeds where both arms finished): "
+            + "; ".join(parts) + ".")
 
 
 def verdict_line(a):
@@ -845,7 +932,8 @@ def verdict_line(a):
     alone = [x for x in nd if fam[x]["ci"][0] > 0 or fam[x]["ci"][1] < 0]
     why = (f" ({_text_names(a, alone)}: the per-comparison 95% CI excludes 0, but with {k} tests the corrected "
            f"level is stricter, so not detected.)" if alone else "")
-    return head + body + tail + "." + why
+    failed = failure_line(a)
+    return head + body + tail + "." + why + (" " + failed if failed else "")
 
 
 def _text_names(a, xs):
@@ -915,9 +1003,11 @@ def tokens_line(a):
     per_exp = {row["experiment"]: sorted({t for t in row["tokens"] if t is not None}) for row in a.rows}
     all_tokens = sorted({t for ts in per_exp.values() for t in ts})
     if not all_tokens:
-        return "Tokens per run: unknown (no results.json and no token counts in the logs).", False
+        return "Tokens per run: unknown (no finished run records its tokens).", False
     if len(all_tokens) == 1:
-        return f"Tokens per run: {all_tokens[0]:,} in every run (equal budgets).", False
+        failed = any(row["failed"] for row in a.rows)
+        return (f"Tokens per run: {all_tokens[0]:,} in every " + ("finished run (the runs the numbers use)"
+                if failed else "run") + " (equal budgets).", False)
     detail = "; ".join(f"{e} {fmt_tokens(ts)}" for e, ts in per_exp.items() if ts)
     return (f"WARNING: the runs trained on DIFFERENT token counts ({all_tokens[0]:,} to {all_tokens[-1]:,}): "
             f"the comparisons mix the change with the budget. Per experiment: {detail}."), True
@@ -925,7 +1015,7 @@ def tokens_line(a):
 
 def timing_line(a):
     """Training time vs evaluation time, and what tokens/s means."""
-    runs = [r for rs in a.groups.values() for r in rs]
+    runs = [r for rs in a.groups.values() for r in rs if r.status == "finished"]
     tt = [r.train_time for r in runs if r.train_time is not None]
     et = [r.eval_time for r in runs if r.eval_time is not None]
     wt = [r.wall_time for r in runs if r.wall_time is not None]
@@ -1001,19 +1091,25 @@ def _signed(x, digits=4):
     return f"{round(x, digits) + 0.0:+.{digits}f}"  # + 0.0 turns -0.0 into 0.0
 
 
+def pairs_cell(name, a):
+    """How many seeds a comparison (or effect) used, and which, when they are not all the design's seeds."""
+    used = a.used_seeds.get(name, [])
+    return str(len(used)) if list(used) == list(a.seeds) else f"{len(used)} (seeds {_seed_list(used) if used else 'none'})"
+
+
 def stats_cells(name, st, a):
-    """[mean, 95% CI, p, p (Holm), verdict, MDE, seeds for 0.02] of one comparison or effect."""
+    """[pairs, mean, 95% CI, p, p (Holm), verdict, MDE, seeds for 0.02] of one comparison or effect."""
     if st is None:
-        return ["—"] * 7
+        return ["—"] * 8
     if st["n"] == 0:
-        return ["n/a", "n/a", "n/a", "n/a", "no paired seed", "n/a", "n/a"]
+        return [pairs_cell(name, a), "n/a", "n/a", "n/a", "n/a", "no paired seed", "n/a", "n/a"]
     mean = _signed(st["mean"])
     ci = f"[{_signed(st['ci'][0])}, {_signed(st['ci'][1])}]" if st["ci"] else "n/a"
     mde, need = "n/a", "n/a"
     if st["mde"] is not None:   # the number at the observed sd, then its range over the sd's 95% interval
         mde = f"{st['mde']:.3f} ({st['mde_range'][0]:.3f}-{st['mde_range'][1]:.3f})"
         need = f"{_fmt_seeds(st['seeds_for_target'])} ({_fmt_int_range(*st['seeds_range'])})"
-    return [mean, ci, fmt_p(st["p"]), fmt_p(st["p_holm"]), effect_word(name, st, a), mde, need]
+    return [pairs_cell(name, a), mean, ci, fmt_p(st["p"]), fmt_p(st["p_holm"]), effect_word(name, st, a), mde, need]
 
 
 def run_cells(row):
@@ -1025,13 +1121,18 @@ def run_cells(row):
         time = f"{fmt_time(row['train_time'])} / {fmt_time(row['eval_time'])}"
     else:
         time = f"? / ? ({fmt_time(row['wall_time'])} wall)" if _is_num(row["wall_time"]) else "?"
-    return [row["experiment"], row["switches"], fmt_params(row["params"]), str(row["n"]), fmt_tokens(row["tokens"]),
+    seeds = str(row["n"])
+    if row["failed"]:   # e.g. "3 of 4 (1 diverged)"
+        div = sum(r.status == "diverged" for r in row["failed"])
+        what = [f"{div} diverged"] * bool(div) + [f"{len(row['failed']) - div} unfinished"] * (len(row["failed"]) > div)
+        seeds = f"{row['n']} of {row['runs']} ({', '.join(what)})"
+    return [row["experiment"], row["switches"], fmt_params(row["params"]), seeds, fmt_tokens(row["tokens"]),
             fmt_mean_std(row["nll_mean"], row["nll_std"], row["n"]), se, bpb, tps, time]
 
 
 RUN_HEADER = ["experiment", "switches on", "params", "seeds", "tokens", "val NLL (mean ± std)", "eval se",
               "val bpb", "tokens/s (train)", "time train / eval"]
-STATS_HEADER = ["mean", "95% CI (per comparison)", "p", "p (Holm)", "verdict", "MDE 80% (sd range)",
+STATS_HEADER = ["seeds", "mean", "95% CI (per comparison)", "p", "p (Holm)", "verdict", "MDE 80% (sd range)",
                 f"seeds for {TARGET} (sd range)"]
 
 
@@ -1039,7 +1140,7 @@ def comparison_header(a):
     if a.family_kind == "effects":
         return ["effect"] + STATS_HEADER
     ref = a.design.get("reference", "baseline")
-    return ["experiment", f"Δ vs {ref}"] + STATS_HEADER[1:]
+    return ["experiment", "pairs", f"Δ vs {ref}"] + STATS_HEADER[2:]
 
 
 def comparison_rows(a):
@@ -1178,7 +1279,9 @@ def plot_experiments(ax, groups, beta):
             ax.plot(vs, vn, color=c, alpha=0.3, lw=0.5, marker="o", ms=2.5)
         ms, mt = mean_train_curve(runs, beta)
         vs, vn = mean_val_curve(runs)
-        ax.plot(ms, mt, color=c, lw=2.0, label=f"{exp} (n={len(runs)})")
+        done = sum(r.status == "finished" for r in runs)
+        ax.plot(ms, mt, color=c, lw=2.0, label=f"{exp} (n={done})" if done == len(runs) else
+                f"{exp} ({done} of {len(runs)} finished)")
         ax.plot(vs, vn, color=c, lw=1.0, marker="o", ms=5, markeredgecolor="black", markeredgewidth=0.5)
         curves += [(ms, mt), (vs, vn)]
     _set_ylim(ax, curves)
@@ -1243,7 +1346,8 @@ def report_text(a):
     if power:
         lines.append((power, "normal"))
     lines.append((tokens, "warn" if unequal else "normal"))
-    lines.append((timing_line(a) + " " + matching_note([r for rs in a.groups.values() for r in rs]), "normal"))
+    used = [r for rs in a.groups.values() for r in rs if r.status == "finished"]
+    lines.append((timing_line(a) + " " + matching_note(used), "normal"))
     lines += [(n, "normal") for n in a.notes]
     lines.append((method_line(a), "small"))
     return lines

@@ -495,7 +495,7 @@ def test_plain_mode_png_and_table(tmp_path, capsys):
         rows = [l for l in lines if l.split() and l.split()[0] == name]
         assert len(rows) == 1, (name, lines)
     row_b = next(l for l in lines if l.startswith("runB"))
-    assert "2.5000" in row_b and "log (step 100)" in row_b           # unfinished: last eval from the log
+    assert "2.5000" in row_b and "log (step 100, unfinished)" in row_b   # unfinished: last eval, said so
     row_a = next(l for l in lines if l.startswith("runA"))
     assert "3.0000" in row_a and "1,000,000" in row_a and "results.json" in row_a
 
@@ -600,6 +600,69 @@ def test_report_warns_about_unequal_tokens(ablation_dir):
     assert f"**{line}**" in md and md_rows(md)["rope"][4] == "51,200-61,440 (!)"
 
 
+NAN_EVENT = {"event": "nan", "step": 180, "message": "train loss is nan at step 180; ..."}
+
+
+def test_report_names_failed_runs_and_uses_finished_pairs(ablation_dir, capsys):
+    """rope seed 2 diverged at step 180 (its log's last eval, 4.2 at step 150, must not stand in for a result),
+    cosine seed 3 wrote a NaN final val NLL, warmup seed 1 never finished: each is named in its row and in
+    the verdict, and each comparison uses only the seeds where both arms finished."""
+    make_run(ablation_dir / "rope" / "seed2", 4.2, "rope", 2, steps=180, finished=False,
+             extra_lines=[json.dumps(NAN_EVENT)])
+    make_run(ablation_dir / "cosine" / "seed3", 3.1, "cosine", 3, results=NEW_KEYS | {"val_nll": float("nan")})
+    make_run(ablation_dir / "warmup" / "seed1", 3.0, "warmup", 1, finished=False)
+    for run in ("rope/seed2", "warmup/seed1"):
+        (ablation_dir / run / "results.json").unlink()
+    logs = all_logs(ablation_dir)
+    runs = {r.name: r for r in map(plot.load_run, logs)}
+    assert runs["rope/seed2"].status_text == "diverged at step 180" and math.isnan(runs["rope/seed2"].val_nll)
+    assert runs["cosine/seed3"].status_text == "diverged at the final evaluation (step 100)"
+    assert runs["warmup/seed1"].status == "unfinished" and runs["swiglu/seed1"].status == "finished"
+    pdf = ablation_dir / "report.pdf"
+    assert plot.main(logs + ["--report", str(pdf), "--no_samples"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" in next(l for l in out.splitlines() if l.startswith("rope/seed2")) and "diverged at step 180" in out
+    md = (ablation_dir / "report.md").read_text()
+    rows = md_rows(md)
+    col = {h: i for i, h in enumerate(rows["experiment"])}
+    cell = lambda e, h: rows[e][col[h]]
+    assert cell("rope", "seeds") == "2 of 3 (1 diverged)" and cell("cosine", "seeds") == "2 of 3 (1 diverged)"
+    assert cell("warmup", "seeds") == "2 of 3 (1 unfinished)" and cell("swiglu", "seeds") == "3"
+    assert cell("rope", "pairs") == "2 (seeds 1, 3)" and cell("swiglu", "pairs") == "3"
+    assert cell("warmup", "pairs") == "2 (seeds 2, 3)" and cell("cosine", "pairs") == "2 (seeds 1, 2)"
+    # the numbers are those of the finished runs and pairs only
+    rope = [BASE[s - 1] + SHIFT["rope"][s - 1] for s in (1, 3)]
+    assert cell("rope", "val NLL (mean ± std)") == f"{np.mean(rope):.4f} ± {np.std(rope, ddof=1):.4f}"
+    assert cell("rope", "Δ vs baseline") == f"{np.mean([SHIFT['rope'][0], SHIFT['rope'][2]]):+.4f}"
+    a = plot.analyze(list(runs.values()))
+    assert a.family["rope"]["n"] == 2 and a.used_seeds["rope"] == [1, 3]
+    verdict = next(l for l in md.splitlines() if "Verdict" in l)
+    assert "rope: 1 of 3 seeds diverged at step 180 (seed 2)" in verdict
+    assert "cosine: 1 of 3 seeds diverged at the final evaluation (step 100) (seed 3)" in verdict
+    assert "warmup: 1 of 3 seeds unfinished, excluded (seed 1, last logged step 100)" in verdict
+    assert "19 of 21 runs finished" not in md and "18 of 21 runs finished" in md
+    assert "51,200 in every finished run (the runs the numbers use) (equal budgets)" in md
+    assert "step-matched: max_iters = 100 (max_time not set)" in md      # the diverged run's 180 is not used
+
+
+def test_report_states_the_pairs_of_unpaired_seeds(tmp_path):
+    """Baseline lacks seed 2 (unfinished) and swiglu seed 4 (never ran): swiglu's Δ is over seeds 1 and 3,
+    said in its pairs cell, and it is the mean of those pairs, not the difference of the row means."""
+    root = tmp_path / "abl"
+    nll = {"baseline": [3.0, 3.2, 3.1, 3.3], "swiglu": [2.9, 3.05, 3.0, 3.1]}
+    for exp, vals in nll.items():
+        for seed, v in enumerate(vals, 1):
+            if (exp, seed) != ("swiglu", 4):
+                make_run(root / exp / f"seed{seed}", v, exp, seed, finished=(exp, seed) != ("baseline", 2))
+    a, _ = plot.write_report([plot.load_run(p) for p in all_logs(root)], root / "report.pdf", None, {}, "Samples: -")
+    rows = md_rows((root / "report.md").read_text())
+    col = {h: i for i, h in enumerate(rows["experiment"])}
+    assert rows["swiglu"][col["seeds"]] == "3" and rows["baseline"][col["seeds"]] == "3 of 4 (1 unfinished)"
+    assert rows["swiglu"][col["pairs"]] == "2 (seeds 1, 3)"
+    assert rows["swiglu"][col["Δ vs baseline"]] == "-0.1000"             # (2.9 - 3.0 + 3.0 - 3.1) / 2
+    assert "4 seed(s) (1-4)" in plot.design_line(a)
+
+
 def test_report_leave_one_out(tmp_path):
     root = tmp_path / "loo"
     d = plot.make_design("leave-one-out", plot.choose_switches(["swiglu", "rope", "cosine"]))
@@ -650,10 +713,13 @@ def test_report_factorial_16_experiments_fits_one_page(tmp_path):
     assert "Design: factorial (design.json)" in md and "Holm-corrected over 10 effects" in md
     effects = md_rows(md.split("Effects (per-seed contrasts")[1])
     assert len(effects) == 1 + 4 + 6
-    assert float(effects["swiglu"][1]) == pytest.approx(-0.08, abs=0.002) and effects["swiglu"][5] == "lowers NLL"
-    assert float(effects["swiglu × rope"][1]) == pytest.approx(0.02, abs=0.002)
-    assert effects["swiglu × rope"][5] == "interference (>0)" and effects["rope"][5] == "raises NLL"
-    assert effects["rmsnorm"][5] == "not detected"
+    col = {h: i for i, h in enumerate(effects["effect"])}
+    cell = lambda e, h: effects[e][col[h]]
+    assert cell("swiglu", "seeds") == "3"
+    assert float(cell("swiglu", "mean")) == pytest.approx(-0.08, abs=0.002) and cell("swiglu", "verdict") == "lowers NLL"
+    assert float(cell("swiglu × rope", "mean")) == pytest.approx(0.02, abs=0.002)
+    assert cell("swiglu × rope", "verdict") == "interference (>0)" and cell("rope", "verdict") == "raises NLL"
+    assert cell("rmsnorm", "verdict") == "not detected"
     assert "A × B = mean(cells where A, B agree) - mean(cells where they differ)" in md
     assert "Interactions of three or more switches (5 of them) are neither estimated nor tested" in md
     assert md_rows(md)["all"][1] == "all (4)"
