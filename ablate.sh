@@ -74,6 +74,18 @@ warn() { echo "$PROG: warning: $1" >&2; }
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 
+# ----------------------------------------------------------------- studies: ablate.py
+# Tuning per arm, several sizes, token budgets per size, N runs at once and dependent job arrays are
+# ablate.py's (Python: stages, sizes and resume read and test better there); it takes every option below too.
+for a in "$@"; do
+    case $a in
+        --) break ;;
+        --tune|--tune=*|--tune-seeds|--tune-seeds=*|--scale|--scale=*|--tokens|--tokens=*|--tokens-per-param|\
+        --tokens-per-param=*|--jobs|--jobs=*|--stage|--stage=*|--submit)
+            exec "$PY" "$SCRIPT_DIR/ablate.py" "$@" ;;
+    esac
+done
+
 # ----------------------------------------------------------------- arguments
 SEEDS=1
 OUT=out/ablate

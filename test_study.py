@@ -14,13 +14,16 @@ import json
 import math
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+import ablate
 import train
 from test_train import TINY, write_corpus
 
@@ -84,3 +87,288 @@ def test_eval_set_tune_changes_the_evaluation_not_the_training(tmp_path):
     assert on_disk["flops_per_token"] == train.flops_per_token(model) > 0
     assert on_disk["train_flops"] == on_disk["flops_per_token"] * on_disk["tokens"] == \
         on_disk["flops_per_token"] * 10 * TINY["batch_size"] * TINY["block_size"]
+
+
+# -----------------------------------------------------------------------------
+# ablate.py with a fake train.py: PYTHON points at a fake interpreter. `fake train.py ARGS` appends its
+# argv to calls.jsonl and writes log.txt and results.json with val_nll = a known function of the learning
+# rate (each arm has its own best value), unless FAKE_NLL ({"exp|lr|seed": nll}) says otherwise;
+# FAKE_DIVERGE ["exp|lr"] exits 3 after a nan event; FAKE_HANG "exp|lr|seed" saves ckpt.pt and waits for a
+# signal (then exits 75, as train.py does). `fake plot.py` records its call.
+
+FAKE_PY = r'''#!{python}
+import json, math, os, signal, sys, time
+from pathlib import Path
+argv = sys.argv[1:]
+calls = Path(os.environ["FAKE_CALLS"])
+with open(calls, "a") as f:
+    f.write(json.dumps(argv) + "\n")
+if Path(argv[0]).name == "ablate.py":  # ablate.sh hands a study to ablate.py: that one runs for real
+    os.execv(sys.executable, [sys.executable] + argv)
+if Path(argv[0]).name == "plot.py":
+    if "--help" in argv:
+        print("usage: plot.py [logs ...] [--report PDF]")
+    sys.exit(0)
+a = {{}}
+for x in argv[1:]:
+    if x.startswith("--"):
+        k, _, v = x[2:].partition("=")
+        a[k] = v
+if "steps-in" in a:
+    print(1000 if a.get("use_rope") != "True" else 800)
+    sys.exit(0)
+exp = "rope" if a.get("use_rope") == "True" else "baseline"
+lr, seed = a.get("learning_rate", "6e-4"), a["seed"]
+out = Path(a["out_dir"])
+out.mkdir(parents=True, exist_ok=True)
+log = open(out / "log.txt", "a")
+log.write(json.dumps({{"event": "start", "step": 0}}) + "\n")
+if f"{{exp}}|{{lr}}|{{seed}}" == os.environ.get("FAKE_HANG") and a.get("resume") != "auto":
+    (out / "ckpt.pt").write_text("fake")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))
+    while True:
+        time.sleep(0.05)
+if f"{{exp}}|{{lr}}" in json.loads(os.environ.get("FAKE_DIVERGE", "[]")):
+    log.write(json.dumps({{"event": "nan", "step": 3, "message": "loss is nan at step 3"}}) + "\n")
+    sys.exit(3)
+best = {{"baseline": 3e-3, "rope": 1e-2}}[exp]
+nll = 3 + (math.log10(float(lr)) - math.log10(best)) ** 2 - 0.1 * a.get("n_embd", "16").count("3")
+nll = json.loads(os.environ.get("FAKE_NLL", "{{}}")).get(f"{{exp}}|{{lr}}|{{seed}}", nll)
+tokens = int(a.get("max_iters", 10)) * 64
+log.write(json.dumps({{"event": "end", "step": 10, "val_nll": nll}}) + "\n")
+(out / "results.json").write_text(json.dumps({{"val_nll": nll, "eval_set": a.get("eval_set", "val"),
+                                              "tokens": tokens, "config": a}}))
+'''
+
+STUDY_ARGS = ["--data_path=unused.jsonl", "--n_layer=1", "--n_head=2", "--block_size=32", "--batch_size=2",
+              "--max_iters=10", "--val_docs=4", "--tune_docs=4"]
+GRID = "learning_rate=1e-3,3e-3,1e-2,3e-2"
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch, capsys):
+    py = tmp_path / "fakepy"
+    py.write_text(FAKE_PY.format(python=sys.executable))
+    py.chmod(py.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(ablate, "PY", str(py))   # in-process ablate.main(): no second torch import per call
+    monkeypatch.setenv("FAKE_CALLS", str(tmp_path / "calls.jsonl"))
+    monkeypatch.chdir(HERE)
+    return {"PYTHON": str(py), "FAKE_CALLS": str(tmp_path / "calls.jsonl"), "OUT": tmp_path / "study",
+            "capsys": capsys, "monkeypatch": monkeypatch}
+
+
+def study(fake, *args, extra_env=None, out=None, via_sh=False):
+    """ablate.py in this process (or `bash ablate.sh` in a subprocess): its exit code, stdout and stderr."""
+    args = ["--out", str(out or fake["OUT"]), *args]
+    if via_sh:
+        env = {**os.environ, "PYTHON": fake["PYTHON"], **(extra_env or {})}
+        return subprocess.run(["bash", "ablate.sh", *args], cwd=HERE, env=env, capture_output=True, text=True,
+                              timeout=300)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in (extra_env or {}).items():
+            mp.setenv(k, v)
+        fake["capsys"].readouterr()
+        rc = ablate.main(args)
+        cap = fake["capsys"].readouterr()
+    return subprocess.CompletedProcess(args, rc, cap.out, cap.err)
+
+
+def calls(fake, kind="train.py"):
+    p = Path(fake["FAKE_CALLS"])
+    rows = [json.loads(ln) for ln in p.read_text().splitlines()] if p.exists() else []
+    return [r for r in rows if Path(r[0]).name == kind and not any(a.startswith("--steps-in") for a in r)]
+
+
+def opts(argv):
+    return {k: v for k, _, v in (a[2:].partition("=") for a in argv if a.startswith("--"))}
+
+
+def test_two_stage_study_layout_choice_and_seeds(fake):
+    """Both stages at both sizes: the layout, each arm's choice from the tuning set (rope's 3e-2 diverged:
+    recorded and skipped, the study goes on), comparison seeds never tuning seeds, --tune_docs in both."""
+    r = study(fake, "--switches", "rope", "--tune", GRID, "--tune-seeds", "2", "--scale", "n_embd=16,32",
+              "--seeds", "2", "--no-report", *STUDY_ARGS, extra_env={"FAKE_DIVERGE": '["rope|3e-2"]'}, via_sh=True)
+    assert r.returncode == 0, r.stderr
+    out = fake["OUT"]
+    spec = json.loads((out / "study.json").read_text())
+    assert spec["tune"] == {"key": "learning_rate", "values": ["1e-3", "3e-3", "1e-2", "3e-2"], "seeds": [1001, 1002]}
+    assert spec["sizes"] == [{"name": "n_embd=16", "args": {"n_embd": "16"}}, {"name": "n_embd=32", "args": {"n_embd": "32"}}]
+    assert spec["seeds"] == 2 and spec["train_args"] == STUDY_ARGS
+    assert [e["name"] for e in spec["design"]["experiments"]] == ["baseline", "rope"]
+    tune_calls = [opts(c) for c in calls(fake) if "eval_set" in opts(c)]
+    compare_calls = [opts(c) for c in calls(fake) if "eval_set" not in opts(c)]
+    assert len(tune_calls) == 2 * 2 * 4 * 2 and len(compare_calls) == 2 * 2 * 2
+    assert {c["seed"] for c in tune_calls} == {"1001", "1002"} and {c["seed"] for c in compare_calls} == {"1", "2"}
+    assert all(c["eval_set"] == "tune" for c in tune_calls)
+    assert all(c["tune_docs"] == "4" for c in tune_calls + compare_calls)
+    for size in ("n_embd=16", "n_embd=32"):
+        choice = json.loads((out / size / "choice.json").read_text())
+        base, rope = choice["by_experiment"]["baseline"], choice["by_experiment"]["rope"]
+        assert (base["chosen"], base["edge"], base["diverged"]) == ("3e-3", False, {})
+        assert (rope["chosen"], rope["edge"]) == ("1e-2", False)
+        assert rope["diverged"] == {"3e-2": [1001, 1002]} and rope["scores"]["3e-2"] is None
+        assert base["scores"]["3e-3"] == pytest.approx(3 - 0.1 * size.count("3"))
+        assert (out / size / "tune" / "rope" / "learning_rate=3e-2" / "seed1001" / "diverged.json").is_file()
+        assert (out / size / "tune" / "baseline" / "learning_rate=1e-3" / "seed1002" / "results.json").is_file()
+        for exp, lr in (("baseline", "3e-3"), ("rope", "1e-2")):
+            for seed in (1, 2):
+                res = json.loads((out / size / exp / f"seed{seed}" / "results.json").read_text())
+                assert res["config"]["learning_rate"] == lr and res["config"]["n_embd"] == size[7:]
+    assert "rope at n_embd=16: learning_rate=3e-2 diverged" in r.stderr
+
+
+def test_choice_is_the_mean_over_tuning_seeds(fake):
+    """1e-3 has the best single run (seed 1001) but 3e-3 the best mean: 3e-3 is chosen."""
+    nll = {"baseline|1e-3|1001": 1.0, "baseline|1e-3|1002": 5.0, "baseline|3e-3|1001": 2.0, "baseline|3e-3|1002": 2.5,
+           "baseline|1e-2|1001": 4.0, "baseline|1e-2|1002": 4.0}
+    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-3,3e-3,1e-2", "--tune-seeds", "2",
+              "--no-report", *STUDY_ARGS, extra_env={"FAKE_NLL": json.dumps(nll)})
+    assert r.returncode == 0, r.stderr
+    base = json.loads((fake["OUT"] / "choice.json").read_text())["by_experiment"]["baseline"]
+    assert base["scores"] == {"1e-3": 3.0, "3e-3": 2.25, "1e-2": 4.0} and base["chosen"] == "3e-3"
+
+
+def test_best_value_on_the_edge_of_the_grid_warns(fake):
+    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-4,3e-4,1e-3", "--no-report", *STUDY_ARGS)
+    assert r.returncode == 0, r.stderr
+    choice = json.loads((fake["OUT"] / "choice.json").read_text())
+    assert choice["by_experiment"]["baseline"]["edge"] and choice["by_experiment"]["baseline"]["chosen"] == "1e-3"
+    assert "baseline: the best learning_rate=1e-3 is on the edge of the grid" in r.stderr
+    assert any("baseline: the best learning_rate=1e-3 is on the edge" in w for w in choice["warnings"])
+
+
+def test_an_arm_whose_every_value_diverged_stops_with_a_clear_error(fake):
+    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-2,3e-2", "--no-report", *STUDY_ARGS,
+              extra_env={"FAKE_DIVERGE": '["rope|1e-2", "rope|3e-2"]'})
+    assert r.returncode == 1
+    assert "rope: every learning_rate value diverged in tuning (1e-2, 3e-2)" in r.stderr.splitlines()[-1]
+
+
+def test_stopped_study_resumes_and_a_rerun_retrains_nothing(fake):
+    """A signal mid-study: the running train.py checkpoints (75) and no new run starts; the rerun resumes
+    that run with --resume=auto and runs only what is missing; a third run trains nothing."""
+    args = ["--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", "--seeds", "2", "--no-report", *STUDY_ARGS]
+    env = {**os.environ, "PYTHON": fake["PYTHON"], "FAKE_HANG": "rope|1e-3|1001"}
+    p = subprocess.Popen([sys.executable, "ablate.py", "--out", str(fake["OUT"]), *args], cwd=HERE, env=env,
+                         stderr=subprocess.PIPE, text=True)
+    ckpt = fake["OUT"] / "tune" / "rope" / "learning_rate=1e-3" / "seed1001" / "ckpt.pt"
+    for line in p.stderr:  # wait for the hanging run's start line, then for its checkpoint
+        if "run rope seed 1001 learning_rate=1e-3" in line:
+            break
+    deadline = time.time() + 60
+    while not ckpt.exists():
+        assert time.time() < deadline, f"the fake run never wrote {ckpt}"
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    rest = p.stderr.read()
+    assert p.wait(timeout=60) == 75, rest
+    first = calls(fake)
+    assert "rerun the same command to resume" in rest.splitlines()[-1]
+    r = study(fake, *args)
+    assert r.returncode == 0, r.stderr
+    second = calls(fake)[len(first):]
+    resumed = [c for c in second if "--resume=auto" in c]
+    assert len(resumed) == 1 and opts(resumed[0])["out_dir"] == str(ckpt.parent)
+    done_first = {opts(c)["out_dir"] for c in first} - {str(ckpt.parent)}
+    assert not done_first & {opts(c)["out_dir"] for c in second}           # nothing finished is retrained
+    assert len(first) + len(second) - 1 == 2 * 2 + 2 * 2                  # every run once (+ the resume)
+    r = study(fake, *args)
+    assert r.returncode == 0 and len(calls(fake)) == len(first) + len(second)
+    assert "8 of 8 runs already finished" in r.stderr
+
+
+@pytest.mark.parametrize("change, named", [
+    (["--tune", "learning_rate=1e-3,1e-2"], "tune"),
+    (["--tune", GRID, "--scale", "n_embd=16,32"], "sizes"),
+    (["--tune", GRID, "--seeds", "3"], "seeds"),
+    (["--tune", GRID, "--switches", "rope,swiglu"], "design"),
+])
+def test_another_study_in_the_same_folder_is_refused(fake, change, named):
+    r = study(fake, "--switches", "rope", "--tune", GRID, "--no-report", *STUDY_ARGS)
+    assert r.returncode == 0, r.stderr
+    n = len(calls(fake))
+    args = ["--switches", "rope", "--no-report", *STUDY_ARGS]
+    for i, a in enumerate(change):   # later options win: --switches, --seeds
+        args.append(a)
+    r = study(fake, *args)
+    assert r.returncode == 2 and len(calls(fake)) == n
+    assert r.stderr.count("\n") == 1 and "holds another study" in r.stderr and named in r.stderr.split("differs in:")[1]
+
+
+def test_per_size_token_budgets_are_printed_before_any_run(fake):
+    r = study(fake, "--switches", "rope", "--scale", "n_embd=16,32", "--tokens", "640,1.28k", "--no-report",
+              *[a for a in STUDY_ARGS if not a.startswith("--max_iters")])
+    assert r.returncode == 0, r.stderr
+    steps = {opts(c)["n_embd"]: opts(c)["max_iters"] for c in calls(fake)}
+    assert steps == {"16": "10", "32": "20"}                  # tokens / (batch 2 x block 32)
+    plan = r.stderr[:r.stderr.index("$ ")]
+    assert "size n_embd=16:" in plan and "10 steps x 64 = 640 tokens" in plan and "20 steps x 64 = 1,280 tokens" in plan
+    assert "4 runs in all" in plan
+    spec = json.loads((fake["OUT"] / "study.json").read_text())
+    assert spec["budget"]["rule"] == "tokens" and spec["budget"]["max_iters"] == [10, 20]
+    r = study(fake, "--switches", "rope", "--scale", "n_embd=16,32", "--tokens-per-param", "0.1", "--dry-run",
+              *[a for a in STUDY_ARGS if not a.startswith("--max_iters")], out=fake["OUT"].parent / "tpp")
+    import train
+    non_emb = [train.GPT(train.parse_args(STUDY_ARGS + [f"--n_embd={n}"])).num_params()["non_embedding"] for n in (16, 32)]
+    want = [math.ceil(0.1 * p / 64) for p in non_emb]
+    assert r.returncode == 0, r.stderr
+    assert {opts(ln.split())["n_embd"]: int(opts(ln.split())["max_iters"]) for ln in r.stdout.splitlines()} == \
+        {"16": want[0], "32": want[1]}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tune", GRID, "--tune_docs=0"], "--tune needs a tuning set held out from training and validation"),
+    (["--tune", "learnin_rate=1e-3,1e-2"], "--tune learnin_rate=1e-3,1e-2: unknown config key 'learnin_rate'"),
+    (["--tune", "learning_rate=fast,1e-2"], "learning_rate in --tune expects float, got 'fast'"),
+    (["--tune", "use_rope=True,False"], "use_rope is a switch"),
+    (["--scale", "n_embd=16,32", "--scale", "n_layer=1"], "--scale: every key needs the same number of values"),
+    (["--scale", "n_embd=16,32", "--n_embd=64"], "n_embd is set per size by --scale"),
+    (["--tokens", "1M,2M"], "--tokens gives 2 budgets for 1 size(s)"),
+    (["--tokens", "1M", "--budget", "1h"], "--tokens and --budget: choose one budget rule"),
+    (["--seed=3"], "the study sets --seed itself"),
+    (["--jobs", "0"], "--jobs must be a positive integer"),
+])
+def test_study_errors_are_one_line(fake, args, message):
+    r = study(fake, "--switches", "rope", *[a for a in STUDY_ARGS if not a.startswith("--max_iters")], *args)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+    assert not fake["OUT"].exists() and calls(fake) == []
+
+
+def test_jobs_run_at_once_with_one_progress_line_per_run(fake):
+    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", "--jobs", "3", "--no-report", *STUDY_ARGS)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "runs done]" in ln]
+    assert [int(re.search(r"\[(\d+)/6 runs done\]", ln).group(1)) for ln in lines] == list(range(1, 7))
+    assert all("elapsed" in ln for ln in lines) and "left" in lines[0]
+    assert (fake["OUT"] / "console" / "tune" / "rope" / "learning_rate=1e-3" / "seed1001" / "console.txt").is_file()
+
+
+def test_print_slurm_chains_the_stages_and_tasks_run_their_run(fake):
+    args = ["--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", "--scale", "n_embd=16,32", *STUDY_ARGS]
+    r = study(fake, *args, "--print-slurm")
+    assert r.returncode == 0, r.stderr
+    sb = [ln.split() for ln in r.stdout.splitlines() if ln.startswith(("sbatch", "TUNE=$(sbatch"))]
+    assert len(sb) == 2 and "--array=0-7" in sb[0] and "--array=0-3" in sb[1]
+    assert sb[0][:2] == ["TUNE=$(sbatch", "--parsable"] and sb[0][-1].endswith(")")
+    assert sb[1][2] == "--dependency=afterok:$TUNE" and sb[0][sb[0].index("--stage") + 1] == "tune"
+    assert sb[1][sb[1].index("--stage") + 1] == "compare" and not fake["OUT"].exists()
+    # task 5 of the tuning stage = size 2 (n_embd=32), baseline, 3e-3, seed 1001 (size, experiment, value, seed)
+    r = study(fake, *args, "--task", "5", "--stage", "tune")
+    assert r.returncode == 0, r.stderr
+    (c,) = calls(fake)
+    assert (opts(c)["n_embd"], opts(c)["use_rope"], opts(c)["learning_rate"], opts(c)["seed"]) == ("32", "False", "3e-3", "1001")
+    r = study(fake, *args, "--task", "0", "--stage", "compare")     # its tuning stage is not done
+    assert r.returncode == 1 and "the tuning stage of size n_embd=16 is not finished" in r.stderr
+    r = study(fake, *args, "--task", "8", "--stage", "tune")
+    assert r.returncode == 2 and "--task 8 out of range: the tune stage has tasks 0..7" in r.stderr
+
+
+def test_a_diverged_tuning_task_exits_0_so_afterok_still_releases_the_comparison(fake):
+    args = ["--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", *STUDY_ARGS]
+    r = study(fake, *args, "--task", "3", "--stage", "tune", extra_env={"FAKE_DIVERGE": '["rope|3e-3"]'})
+    assert r.returncode == 0 and "DIVERGED" in r.stderr
+    for t in range(3):
+        assert study(fake, *args, "--task", str(t), "--stage", "tune").returncode == 0
+    r = study(fake, *args, "--task", "1", "--stage", "compare")
+    assert r.returncode == 0, r.stderr
+    assert opts(calls(fake)[-1])["learning_rate"] == "1e-3" and opts(calls(fake)[-1])["use_rope"] == "True"

@@ -1,0 +1,868 @@
+"""
+ablate.py - run an ablation study: every experiment of a design x seeds, with the learning rate (or any
+config key) tuned per arm (--tune), at several model sizes (--scale), with per-size token budgets, N runs
+at once (--jobs), resumable, or as dependent SLURM job arrays (--print-slurm, --submit, --task/--stage).
+
+    bash ablate.sh --switches rope --tune learning_rate=1e-3,3e-3,1e-2 --tune_docs=20 \\
+        --scale n_embd=32,64 --seeds 2 --jobs 2 --out out/study config/cpu_study.py
+
+ablate.sh hands every command with a study option (--tune, --tune-seeds, --scale, --tokens,
+--tokens-per-param, --jobs, --stage, --submit) to this file; plain ablations stay in ablate.sh.
+Three jobs, three files: train.py trains one run, this file runs a study (stages, sizes, budgets, arrays,
+resume), plot.py reads the results (statistics, figures, report) and makes the designs (--print-design).
+
+A study, per size: the tuning stage runs every arm at every --tune value with the tuning seeds
+(1001, 1002, ...: never a comparison seed), evaluated on the tuning set (train.py --eval_set=tune: the
+tune_docs documents just before the validation set, held out from training in both stages); each arm's
+value with the lowest mean final tuning NLL is chosen (a diverged value is a result, skipped); the
+comparison stage runs every arm at its chosen value with seeds 1..N on the validation set. Layout:
+
+    OUT/study.json, OUT/design.json                          the study, written once; another is refused
+    OUT/[SIZE/]tune/<experiment>/<KEY>=<value>/seed<k>/     tuning runs (SIZE = n_layer=2+n_embd=64)
+    OUT/[SIZE/]choice.json                                   scores, diverged runs, choice per arm
+    OUT/[SIZE/]<experiment>/seed<k>/                         comparison runs
+    OUT/[SIZE/]budget.json                                   --budget: the calibrated step count
+    OUT/console/...                                          with --jobs > 1: each run's console output
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROG = "ablate.py"
+PY = os.environ.get("PYTHON") or sys.executable  # the interpreter of train.py and plot.py
+TUNE_SEED0 = 1000          # tuning seeds are 1001, 1002, ...; comparison seeds 1..N (at most 1000)
+EXIT_NAN, EXIT_STOPPED = 3, 75
+MANAGED = ("out_dir", "seed", "resume", "eval_set")   # set per run by this file
+
+
+class UsageError(Exception):
+    """A bad argument: one line, exit 2."""
+
+
+def say(msg):
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+
+
+def quote(cmd):
+    return " ".join(shlex.quote(str(a)) for a in cmd)
+
+
+def fmt_time(s):
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def script(name):  # train.py / plot.py: relative names when run from the repo root (readable commands)
+    return name if Path.cwd() == HERE else str(HERE / name)
+
+
+# -----------------------------------------------------------------------------
+# arguments
+
+def get_args(argv):
+    train_tail = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, train_tail = argv[:i], argv[i + 1:]
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise UsageError(message)
+
+    p = Parser(prog="bash ablate.sh", allow_abbrev=False, add_help=False,
+               usage="bash ablate.sh [ablate.sh options] [--tune KEY=v1,v2,..] [--scale KEY=v1,v2,..] "
+                     "[--tokens t1,t2,.. | --tokens-per-param R | --budget D] [--jobs N] [config/X.py] [--key=value ...]")
+    p.add_argument("-h", "--help", action="store_true")
+    p.add_argument("--design")
+    p.add_argument("--switches")
+    p.add_argument("--switch", action="append", default=[])
+    p.add_argument("--seeds", default="1")
+    p.add_argument("--out", default="out/ablate")
+    p.add_argument("--tune")
+    p.add_argument("--tune-seeds", default="1")
+    p.add_argument("--scale", action="append", default=[])
+    p.add_argument("--tokens")
+    p.add_argument("--tokens-per-param")
+    p.add_argument("--budget")
+    p.add_argument("--jobs", default="1")
+    p.add_argument("--task")
+    p.add_argument("--stage", choices=("tune", "compare"))
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--print-slurm", action="store_true")
+    p.add_argument("--submit", action="store_true")
+    p.add_argument("--no-report", action="store_true")
+    args, rest = p.parse_known_args(argv)
+    args.train_args = rest + train_tail
+    return args
+
+
+def positive_int(text, what, limit=None):
+    if not re.fullmatch(r"\d+", str(text)) or int(text) < 1 or (limit and int(text) > limit):
+        raise UsageError(f"{what} must be a positive integer{f' <= {limit}' if limit else ''} (got '{text}')")
+    return int(text)
+
+
+def parse_number(text, what):
+    """2e6, 500000, 2M, 1.5k, 3G -> a positive float."""
+    m = re.fullmatch(r"([0-9.]+(?:e[+-]?\d+)?)([kKmMgGbB]?)", text.strip())
+    try:
+        value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}[m.group(2).lower()]
+    except (AttributeError, ValueError):
+        raise UsageError(f"{what}: expected a positive number such as 2e6, 500k or 2M (got '{text}')") from None
+    if not value > 0 or not math.isfinite(value):
+        raise UsageError(f"{what} must be positive (got '{text}')")
+    return value
+
+
+def parse_grid(spec, opt, tr):
+    """'KEY=v1,v2,...' -> (key, [value strings]); each value checked against the key's type."""
+    key, eq, text = spec.partition("=")
+    key = key.strip().lstrip("-").replace("-", "_")
+    values = [v.strip() for v in text.split(",")]
+    if not eq or not key or not text or "" in values:
+        raise UsageError(f"{opt} expects KEY=v1,v2,... (got '{spec}')")
+    if key not in tr.CONFIG_FIELDS:
+        raise UsageError(f"{opt} {spec}: unknown config key '{key}'")
+    if key in tr.SWITCHES.values():
+        raise UsageError(f"{opt} {spec}: {key} is a switch; choose switches with --switches")
+    if key in MANAGED + ("tune_docs", "data_seed", "max_iters", "max_time"):
+        raise UsageError(f"{opt} {spec}: {key} is set by the study itself and cannot be varied")
+    for v in values:
+        if not re.fullmatch(r"[A-Za-z0-9._+-]+", v):
+            raise UsageError(f"{opt} {spec}: the value '{v}' may only use the characters A-Z a-z 0-9 . _ + -")
+        try:
+            tr.coerce(key, v, opt)
+        except tr.UserError as e:
+            raise UsageError(str(e)) from None
+    if len(set(values)) != len(values):
+        raise UsageError(f"{opt} {spec}: a value is listed twice")
+    return key, values
+
+
+def arg_key(a):  # the config key of a train.py argument (--out-dir=x -> out_dir), else None
+    return a[2:].partition("=")[0].replace("-", "_") if a.startswith("--") else None
+
+
+# -----------------------------------------------------------------------------
+# the study: design, sizes, tuning grid, budgets (everything that study.json records)
+
+def make_study(args):
+    import plot   # the designs (plot.py --print-design) and, through it, train.py's switch registry
+    import train
+    tr = train
+    seeds = positive_int(args.seeds, "--seeds", limit=TUNE_SEED0)
+    tune_seeds = positive_int(args.tune_seeds, "--tune-seeds", limit=1000)
+    jobs = positive_int(args.jobs, "--jobs")
+    if not args.out:
+        raise UsageError("--out must not be empty")
+    names = None if args.switches is None else [s.strip() for s in args.switches.split(",") if s.strip()]
+    try:
+        design = plot.make_design(args.design or "one-at-a-time", plot.choose_switches(names, args.switch))
+    except plot.UsageError as e:
+        raise UsageError(f"design: {e}") from None
+    value_keys = {s["key"] for s in design["switches"] if s["off"] is None}
+    tune = None
+    if args.tune:
+        key, values = parse_grid(args.tune, "--tune", tr)
+        if len(values) < 2:
+            raise UsageError(f"--tune {args.tune}: give at least two values to choose from")
+        tune = {"key": key, "values": values, "seeds": [TUNE_SEED0 + i for i in range(1, tune_seeds + 1)]}
+    elif args.tune_seeds != "1":
+        raise UsageError("--tune-seeds needs --tune")
+    scale = [parse_grid(s, "--scale", tr) for s in args.scale]
+    keys = [k for k, _ in scale]
+    if len(set(keys)) != len(keys):
+        raise UsageError("--scale: a key is given twice")
+    if len({len(v) for _, v in scale}) > 1:
+        raise UsageError("--scale: every key needs the same number of values (the i-th values make size i); got "
+                         + ", ".join(f"{k}: {len(v)}" for k, v in scale))
+    if tune and tune["key"] in keys:
+        raise UsageError(f"--tune {tune['key']} is also a --scale key")
+    for k in keys + ([tune["key"]] if tune else []):
+        if k in value_keys:
+            raise UsageError(f"{k} is both a value switch (--switch) and a --tune/--scale key")
+    n_sizes = len(scale[0][1]) if scale else 1
+    sizes = [{"name": "+".join(f"{k}={v[i]}" for k, v in scale), "args": {k: v[i] for k, v in scale}}
+             for i in range(n_sizes)]
+    rules = [o for o, v in (("--tokens", args.tokens), ("--tokens-per-param", args.tokens_per_param),
+                            ("--budget", args.budget)) if v]
+    if len(rules) > 1:
+        raise UsageError(f"{' and '.join(rules)}: choose one budget rule")
+    train_args = args.train_args
+    for a in train_args:
+        k = arg_key(a)
+        if k in MANAGED:
+            raise UsageError(f"the study sets --{k} itself (got '{a}'); use --out DIR / --seeds N")
+        if k in tr.SWITCHES.values():
+            raise UsageError(f"the study sets the switches itself, per experiment (got '{a}'); "
+                             "choose them with --design/--switches/--switch")
+        if k in keys:
+            raise UsageError(f"{k} is set per size by --scale; do not also give '{a}'")
+        if rules and k in ("max_iters", "max_time"):
+            raise UsageError(f"{rules[0]} sets max_iters for every run; do not also give '{a}'")
+    # every size's effective config (the baseline arm): checks the arguments once, gives params and FLOPs
+    cfgs, params, flops = [], [], []
+    for s in sizes:
+        try:
+            cfg = tr.parse_args(train_args + [f"--{k}={v}" for k, v in s["args"].items()])
+        except tr.UserError as e:
+            raise UsageError(f"train.py arguments{' at size ' + s['name'] if s['name'] else ''}: {e}") from None
+        if tune and cfg.tune_docs <= 0:
+            raise UsageError("--tune needs a tuning set held out from training and validation: pass "
+                             "--tune_docs=K (e.g. --tune_docs=20; the comparison runs get it too, so both "
+                             "stages train on the same documents)")
+        model = tr.GPT(cfg)
+        cfgs.append(cfg)
+        params.append(model.num_params())
+        flops.append(tr.flops_per_token(model))
+    tokens_per_step = [c.batch_size * c.block_size for c in cfgs]
+    budget = {"rule": "config", "tokens_per_step": tokens_per_step, "params": params, "flops_per_token": flops}
+    if args.tokens or args.tokens_per_param:
+        if args.tokens:
+            tokens = [parse_number(t, "--tokens") for t in args.tokens.split(",")]
+            if len(tokens) != n_sizes:
+                raise UsageError(f"--tokens gives {len(tokens)} budgets for {n_sizes} size(s): one per size")
+            budget.update(rule="tokens")
+        else:
+            ratio = parse_number(args.tokens_per_param, "--tokens-per-param")
+            tokens = [ratio * p["non_embedding"] for p in params]
+            budget.update(rule="tokens_per_param", ratio=ratio)
+        budget["max_iters"] = [max(1, math.ceil(t / n)) for t, n in zip(tokens, tokens_per_step)]
+    elif args.budget:
+        if not re.fullmatch(r"([0-9]+(\.[0-9]*)?[hmsHMS]?)+", args.budget) or not re.search("[1-9]", args.budget):
+            raise UsageError(f"--budget expects a duration such as 4h, 30m, 1h30m or 90s (got '{args.budget}')")
+        budget.update(rule="budget", duration=args.budget)
+    else:
+        budget["max_iters"] = [c.max_iters for c in cfgs]
+    if "max_iters" in budget:
+        budget["tokens"] = [m * n for m, n in zip(budget["max_iters"], tokens_per_step)]
+    study = {"design": design, "seeds": seeds, "tune": tune, "sizes": sizes, "budget": budget,
+             "train_args": train_args}
+    return Study(study, Path(args.out.rstrip("/") or "/"), jobs, cfgs)
+
+
+class Run:
+    """One train.py run of the study."""
+
+    def __init__(self, st, size, stage, exp, seed, value=None):
+        self.size, self.stage, self.exp, self.seed, self.value = size, stage, exp, seed, value
+        base = st.size_dir(size)
+        self.dir = (base / "tune" / exp["name"] / f"{st.tune['key']}={value}" / f"seed{seed}" if stage == "tune"
+                    else base / exp["name"] / f"seed{seed}")
+        self.label = (f"{exp['name']} seed {seed}" + (f" {st.tune['key']}={value}" if stage == "tune" else "")
+                      + (f" [{stage}]" if st.tune else "") + (f" [{st.sizes[size]['name']}]" if st.scaled else ""))
+
+    def state(self):
+        if (self.dir / "results.json").is_file():
+            return "done"
+        if (self.dir / "diverged.json").is_file():
+            return "diverged"
+        return "resume" if (self.dir / "ckpt.pt").is_file() else "new"
+
+
+class Study:
+    def __init__(self, spec, out, jobs, cfgs):
+        self.spec, self.out, self.jobs, self.cfgs = spec, out, jobs, cfgs
+        self.design, self.tune, self.sizes = spec["design"], spec["tune"], spec["sizes"]
+        self.exps, self.seeds, self.budget = self.design["experiments"], spec["seeds"], spec["budget"]
+        self.scaled = bool(self.sizes[0]["name"])
+        self.max_iters = list(self.budget.get("max_iters") or [None] * len(self.sizes))  # None: not calibrated
+        self.stages = {"tune": [], "compare": []}
+        for i in range(len(self.sizes)):  # task order: size, experiment, value, seed
+            for e in self.exps:
+                if self.tune:
+                    self.stages["tune"] += [Run(self, i, "tune", e, s, v) for v in self.tune["values"]
+                                            for s in self.tune["seeds"]]
+                self.stages["compare"] += [Run(self, i, "compare", e, s) for s in range(1, self.seeds + 1)]
+        self.runs = self.stages["tune"] + self.stages["compare"]
+
+    def size_dir(self, i):
+        return self.out / self.sizes[i]["name"] if self.sizes[i]["name"] else self.out
+
+    def budget_args(self, i):
+        if self.budget["rule"] == "config":
+            return []
+        return [f"--max_iters={self.max_iters[i] or 'CALIBRATED'}", "--max_time="]
+
+    def command(self, run, chosen=None):
+        """train.py's argument list for a run (chosen: the tuned value of a comparison run)."""
+        cmd = [PY, script("train.py"), *self.spec["train_args"],
+               *[f"--{k}={v}" for k, v in self.sizes[run.size]["args"].items()]]
+        if run.stage == "tune":
+            cmd += [f"--{self.tune['key']}={run.value}", "--eval_set=tune"]
+        elif self.tune:
+            cmd += [f"--{self.tune['key']}={chosen or '<chosen>'}"]
+        cmd += [f"--out_dir={run.dir}", f"--seed={run.seed}", *run.exp["args"], *self.budget_args(run.size)]
+        return cmd + (["--resume=auto"] if run.state() == "resume" else [])
+
+    # --- study.json / design.json: written once, another study in the same folder refused ------
+    def check_folder(self, write):
+        def same_design(a, b):
+            return (a.get("design"), [(e["name"], e["args"]) for e in a.get("experiments", [])]) == \
+                   (b.get("design"), [(e["name"], e["args"]) for e in b.get("experiments", [])])
+        want = {k: v for k, v in self.spec.items()}
+        path = self.out / "study.json"
+        if path.is_file():
+            have = json.loads(path.read_text())
+            differ = [k for k in ("seeds", "tune", "sizes", "budget", "train_args") if have.get(k) != want[k]]
+            if not same_design(have.get("design", {}), want["design"]):
+                differ.insert(0, "design")
+            if differ:
+                raise UsageError(f"{path} holds another study (it differs in: {', '.join(differ)}); one folder "
+                                 "for both would mix results: repeat the same command, or use a new --out")
+        dpath = self.out / "design.json"
+        if dpath.is_file() and not same_design(json.loads(dpath.read_text()), want["design"]):
+            raise UsageError(f"{dpath} holds another design than the one requested; pass the same "
+                             "--design/--switches/--switch as before, or a new --out")
+        if not path.is_file() and not self.tune and not self.scaled and \
+                any(r.state() != "new" for r in self.runs) and not dpath.is_file():
+            raise UsageError(f"{self.out} already holds runs but no study.json/design.json: use a new --out")
+        if write:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not dpath.is_file():
+                write_json(dpath, self.design)
+            if not path.is_file():
+                write_json(path, {**want, "created": now_iso()})
+
+
+def now_iso():
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_json(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# -----------------------------------------------------------------------------
+# the choice: per size and arm, the tuned value with the lowest mean final NLL on the tuning set
+
+def run_nll(run):
+    """The final tuning-set NLL of a finished tuning run; None if it diverged (exit code 3, a non-finite
+    result or loss)."""
+    if run.state() == "diverged":
+        return None
+    res = json.loads((run.dir / "results.json").read_text())
+    if res.get("eval_set", "val") != "tune":
+        raise UsageError(f"{run.dir}/results.json was not evaluated on the tuning set (eval_set "
+                         f"{res.get('eval_set', 'val')!r}); it is not a tuning run of this study")
+    nll = res.get("val_nll")
+    return nll if isinstance(nll, (int, float)) and math.isfinite(nll) else None
+
+
+def choose(values, nlls):
+    """values: the grid (strings, in the user's order); nlls: {value: {seed: NLL or None (diverged)}}.
+    A value with a diverged seed is out of the choice. Returns the choice.json entry of one arm."""
+    scores = {v: (None if any(x is None for x in nlls[v].values()) else sum(nlls[v].values()) / len(nlls[v]))
+              for v in values}
+    diverged = {v: sorted(s for s, x in nlls[v].items() if x is None) for v in values
+                if any(x is None for x in nlls[v].values())}
+    ok = [v for v in values if scores[v] is not None]
+    chosen = min(ok, key=lambda v: scores[v]) if ok else None
+    try:
+        order = sorted(values, key=float)  # a numeric grid: its edges are its smallest and largest value
+    except ValueError:
+        order = list(values)
+    return {"scores": scores, "diverged": diverged, "chosen": chosen,
+            "edge": chosen is not None and chosen in (order[0], order[-1])}
+
+
+def make_choice(st, i):
+    """OUT/[SIZE/]choice.json from the finished tuning runs of size i (written once; then read back)."""
+    path = st.size_dir(i) / "choice.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    runs = [r for r in st.stages["tune"] if r.size == i]
+    waiting = [r for r in runs if r.state() not in ("done", "diverged")]
+    if waiting:
+        raise StudyError(1, f"the tuning stage{' of size ' + st.sizes[i]['name'] if st.scaled else ''} is not "
+                            f"finished ({len(runs) - len(waiting)} of {len(runs)} runs; e.g. {waiting[0].dir}): "
+                            "run it first (a comparison job array waits for it with --dependency=afterok)")
+    key, out, warnings = st.tune["key"], {}, []
+    for e in st.exps:
+        nlls = {v: {} for v in st.tune["values"]}
+        for r in runs:
+            if r.exp is e:
+                nlls[r.value][r.seed] = run_nll(r)
+        c = out[e["name"]] = choose(st.tune["values"], nlls)
+        where = f"{e['name']}" + (f" at {st.sizes[i]['name']}" if st.scaled else "")
+        if c["chosen"] is None:
+            raise StudyError(1, f"{where}: every {key} value diverged in tuning ({', '.join(st.tune['values'])}); "
+                                f"nothing to compare: use a grid of lower values")
+        for v, seeds in c["diverged"].items():
+            warnings.append(f"{where}: {key}={v} diverged (tuning seeds {', '.join(map(str, seeds))}): "
+                            "too high for this arm, left out of the choice")
+        if c["edge"]:
+            warnings.append(f"{where}: the best {key}={c['chosen']} is on the edge of the grid; the optimum may "
+                            "lie beyond it: extend the grid")
+    choice = {"key": key, "by_experiment": out, "warnings": warnings}
+    write_json(path, choice)
+    for w in warnings:
+        say(f"warning: {w}")
+    say(f"chose {key} per arm{' at ' + st.sizes[i]['name'] if st.scaled else ''}: "
+        + ", ".join(f"{n} {c['chosen']}" for n, c in out.items()) + f" ({path})")
+    return choice
+
+
+class StudyError(Exception):
+    def __init__(self, code, msg):
+        super().__init__(msg)
+        self.code = code
+
+
+# -----------------------------------------------------------------------------
+# budgets: --budget calibrates one step count per size from speed probes (the slowest arm's)
+
+def probe(st, i, exp, duration, max_iters=None):
+    """Steps of size i, experiment exp that fit in duration on this machine (train.py --steps-in)."""
+    run = Run(st, i, "compare", exp, 1)
+    cmd = [PY, script("train.py"), *st.spec["train_args"], *[f"--{k}={v}" for k, v in st.sizes[i]["args"].items()],
+           "--seed=1", *exp["args"], *([f"--max_iters={max_iters}", "--max_time="] if max_iters else []),
+           f"--steps-in={duration}"]
+    env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if st.jobs > 1 and "OMP_NUM_THREADS" not in os.environ else {})}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln.strip() for ln in r.stdout.splitlines() if ln.strip()]
+    if r.returncode != 0 or not lines or not lines[-1].isdigit():
+        err = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise StudyError(r.returncode or 1, f"speed probe of {run.label} failed (exit code {r.returncode}): {err}")
+    return int(lines[-1])
+
+
+def shape_arms(st):
+    """One experiment per distinct model (arms that differ only in schedule switches run at one speed)."""
+    import train
+    schedule = {k for k in train.SWITCHES.values() if not train.CONFIG_FIELDS[k].metadata["shape"]}
+    seen = {}
+    for e in st.exps:
+        sig = tuple(a for a in e["args"] if arg_key(a) not in schedule)
+        seen.setdefault(sig, e)
+    return {e["name"]: seen[tuple(a for a in e["args"] if arg_key(a) not in schedule)] for e in st.exps}
+
+
+def calibrate(st, i):
+    """--budget D at size i: max_iters = the slowest arm's steps in D, saved in [SIZE/]budget.json."""
+    path, dur = st.size_dir(i) / "budget.json", st.budget["duration"]
+    if path.is_file():
+        have = json.loads(path.read_text())
+        if have.get("budget") != dur:
+            raise StudyError(2, f"{path} was calibrated for --budget {have.get('budget')}, not --budget {dur}: "
+                                "pass the same --budget, or a new --out")
+        return have["max_iters"]
+    lock = path.with_name(".budget.lock")
+    limit, start = float(os.environ.get("ABLATE_BUDGET_WAIT", 3600)), time.time()
+    while True:  # one process calibrates (a job array's first task); the others wait for budget.json
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            lock.mkdir()
+            break
+        except FileExistsError:
+            if path.is_file():
+                return calibrate(st, i)
+            if time.time() - start > limit:
+                raise StudyError(1, f"waited {limit:.0f}s for {path}; if the calibrating task died, remove "
+                                    f"{lock} and rerun (ABLATE_BUDGET_WAIT sets the wait)") from None
+            time.sleep(float(os.environ.get("ABLATE_BUDGET_POLL", 5)))
+    try:
+        per_arm, by_model = {}, shape_arms(st)
+        for e in st.exps:
+            m = by_model[e["name"]]
+            per_arm[e["name"]] = per_arm[m["name"]] if m["name"] in per_arm else probe(st, i, e, dur)
+            say(f"budget{' at ' + st.sizes[i]['name'] if st.scaled else ''}: {e['name']} fits "
+                f"{per_arm[e['name']]} steps in {dur}")
+        n = min(per_arm.values())
+        if n <= 0:
+            raise StudyError(2, f"--budget {dur} is too short: an arm fits 0 steps")
+        write_json(path, {"budget": dur, "max_iters": n, "per_arm": per_arm, "host": os.uname().nodename,
+                          "created": now_iso(), "train_args": st.spec["train_args"]})
+        return n
+    finally:
+        lock.rmdir()
+
+
+def estimate(st):
+    """Seconds of every run (from train.py --steps-in probes of each size's distinct models), printed."""
+    by_model, secs = shape_arms(st), {}
+    say("estimating the time from speed probes (train.py --steps-in=1h"
+        + (", one thread each" if st.jobs > 1 and "OMP_NUM_THREADS" not in os.environ else "") + ") ...")
+    for i in range(len(st.sizes)):
+        for e in st.exps:
+            m = by_model[e["name"]]
+            if (i, m["name"]) not in secs:
+                per_hour = probe(st, i, m, "1h", max_iters=10**9)
+                secs[i, m["name"]] = 3600 / max(per_hour, 1)  # seconds per step, evaluations included
+            secs[i, e["name"]] = secs[i, m["name"]]
+    total = 0.0
+    for r in st.runs:
+        steps = st.max_iters[r.size]
+        total += (secs[r.size, r.exp["name"]] * steps if steps else
+                  train_seconds(st.budget["duration"]))
+    return total
+
+
+def train_seconds(duration):
+    import train
+    return train.parse_duration(duration)
+
+
+# -----------------------------------------------------------------------------
+# running: N local runs at once, a progress line per finished run
+
+def print_plan(st):
+    b = st.budget
+    say(f"study in {st.out}: design {st.design['design']} ({', '.join(e['name'] for e in st.exps)}), "
+        f"{st.seeds} comparison seed(s) (1..{st.seeds})"
+        + (f"; tuning {st.tune['key']} over {', '.join(st.tune['values'])} with tuning seed(s) "
+           f"{', '.join(map(str, st.tune['seeds']))}, on the tuning set" if st.tune else ""))
+    rule = {"config": "max_iters of the config", "tokens": "--tokens per size",
+            "tokens_per_param": f"--tokens-per-param {b.get('ratio')} x non-embedding params",
+            "budget": f"--budget {b.get('duration')} (the slowest arm's steps, calibrated per size)"}[b["rule"]]
+    for i, s in enumerate(st.sizes):
+        n_t = sum(r.size == i for r in st.stages["tune"])
+        n_c = sum(r.size == i for r in st.stages["compare"])
+        steps = st.max_iters[i]
+        say(f"  size {s['name'] or '(the config)'}: {b['params'][i]['total']:,} params "
+            f"({b['params'][i]['non_embedding']:,} non-embedding), "
+            + (f"{steps} steps x {b['tokens_per_step'][i]} = {steps * b['tokens_per_step'][i]:,} tokens "
+               f"({b['flops_per_token'][i] * steps * b['tokens_per_step'][i]:.3g} FLOPs, baseline) per run"
+               if steps else "steps calibrated at the start")
+            + f"; {n_t + n_c} runs" + (f" ({n_t} tuning + {n_c} comparison)" if st.tune else ""))
+    say(f"  budget rule: {rule}; {len(st.runs)} runs in all")
+
+
+class Runner:
+    def __init__(self, st):
+        self.st, self.running, self.stop, self.t0 = st, {}, False, time.time()
+        self.finished_here, self.failed, self.diverged = 0, None, []
+        self.done_before = sum(r.state() in ("done", "diverged") for r in st.runs)  # skipped: finished earlier
+
+    def on_signal(self, signum, _frame):
+        self.stop = True
+        fwd = signal.SIGTERM if signum == signal.SIGINT else signum
+        for p, *_ in self.running.values():
+            try:
+                p.send_signal(fwd)
+            except ProcessLookupError:
+                pass
+
+    def progress(self, run, what):
+        st = self.st
+        done = self.done_before + self.finished_here
+        elapsed = time.time() - self.t0
+        left = len(st.runs) - done
+        rate = elapsed / self.finished_here if self.finished_here else None
+        say(f"[{done}/{len(st.runs)} runs done] {run.label}: {what}; elapsed {fmt_time(elapsed)}"
+            + (f", about {fmt_time(rate * left)} left" if rate and left else ""))
+
+    def start(self, run, chosen):
+        cmd = self.st.command(run, chosen)
+        say(f"{'resume' if run.state() == 'resume' else 'run'} {run.label} -> {run.dir}")
+        say(f"$ {quote(cmd)}")
+        env = dict(os.environ)
+        out = None
+        if self.st.jobs > 1:
+            env.setdefault("OMP_NUM_THREADS", "1")
+            console = self.st.out / "console" / run.dir.relative_to(self.st.out) / "console.txt"
+            console.parent.mkdir(parents=True, exist_ok=True)
+            out = open(console, "a")
+        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+        self.running[p.pid] = (p, run, time.time(), out)
+
+    def finish(self, run, rc, seconds):
+        """Record one run's end. A divergence is a result (diverged.json); a stop or a failure ends the study."""
+        self.finished_here += 1
+        if rc == 0 and (run.dir / "results.json").is_file():
+            nll = json.loads((run.dir / "results.json").read_text()).get("val_nll")
+            if isinstance(nll, (int, float)) and math.isfinite(nll):
+                self.progress(run, f"{'tuning' if run.stage == 'tune' else 'val'} nll {nll:.4f} in {fmt_time(seconds)}")
+                return
+            rc = EXIT_NAN
+        if rc == EXIT_NAN:
+            msg = [e.get("message") for e in read_events(run.dir / "log.txt") if e.get("event") == "nan"]
+            write_json(run.dir / "diverged.json", {"exit_code": rc, "message": (msg or [None])[-1], "when": now_iso()})
+            self.diverged.append(run)
+            self.progress(run, f"DIVERGED (exit code {rc}; recorded in {run.dir / 'diverged.json'})")
+            return
+        what = "STOPPED" if rc == EXIT_STOPPED else "FAILED"
+        self.progress(run, f"{what} with exit code {rc} ({describe_rc(rc)}); out_dir {run.dir}")
+        if self.failed is None or rc != EXIT_STOPPED:
+            self.failed = rc
+
+    def run_all(self):
+        st = self.st
+        old = {s: signal.signal(s, self.on_signal) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
+        try:
+            pending = [r for r in st.runs if r.state() not in ("done", "diverged")]
+            skipped = len(st.runs) - len(pending)
+            if skipped:
+                say(f"{skipped} of {len(st.runs)} runs already finished (results.json or diverged.json): skipped")
+            choices = {}
+            while pending or self.running:
+                while not self.stop and self.failed is None and pending and len(self.running) < st.jobs:
+                    run = next((r for r in pending if self.ready(r, choices)), None)
+                    if run is None:
+                        break
+                    pending.remove(run)
+                    chosen = (choices[run.size]["by_experiment"][run.exp["name"]]["chosen"]
+                              if run.stage == "compare" and st.tune else None)
+                    self.start(run, chosen)
+                if not self.running:
+                    break
+                pid, status = os.wait()
+                if pid not in self.running:
+                    continue
+                p, run, t, out = self.running.pop(pid)
+                p.returncode = os.waitstatus_to_exitcode(status)
+                if out:
+                    out.close()
+                rc = p.returncode if p.returncode >= 0 else 128 - p.returncode
+                self.finish(run, rc, time.time() - t)
+            if self.stop and self.failed is None:
+                self.failed = EXIT_STOPPED
+            if self.failed is None and pending:
+                raise StudyError(1, f"{len(pending)} runs could not start (e.g. {pending[0].label})")
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        if self.failed is not None:
+            raise StudyError(self.failed, "the study stopped"
+                             + ("; rerun the same command to resume" if self.failed == EXIT_STOPPED else "")
+                             + f" ({sum(r.state() in ('done', 'diverged') for r in st.runs)} of {len(st.runs)} runs done)")
+
+    def ready(self, run, choices):
+        """A comparison run needs its size's choice, i.e. every tuning run of that size finished."""
+        if run.stage == "tune" or not self.st.tune:
+            return True
+        if run.size not in choices:
+            if any(r.size == run.size and r.state() not in ("done", "diverged") for r in self.st.stages["tune"]):
+                return False
+            choices[run.size] = make_choice(self.st, run.size)
+        return True
+
+
+def read_events(path):
+    try:
+        return [json.loads(ln) for ln in open(path) if ln.strip().startswith("{")]
+    except (OSError, ValueError):
+        return []
+
+
+def describe_rc(rc):
+    return {75: "stopped after saving a checkpoint (preempted); rerun the same command to resume",
+            2: "user/config error", 3: "NaN/inf loss"}.get(rc, "crash")
+
+
+# -----------------------------------------------------------------------------
+# SLURM: a job array per stage; the comparison array waits for the tuning array (afterok)
+
+def ablate_args(args):
+    """The ablate.sh arguments of this study (the same command in every array task)."""
+    out = ["--seeds", args.seeds, "--out", args.out]
+    for o, v in (("--design", args.design), ("--switches", args.switches), ("--tune", args.tune),
+                 ("--budget", args.budget), ("--tokens", args.tokens), ("--tokens-per-param", args.tokens_per_param)):
+        if v:
+            out += [o, v]
+    out += [x for s in args.switch for x in ("--switch", s)] + [x for s in args.scale for x in ("--scale", s)]
+    if args.tune and args.tune_seeds != "1":
+        out += ["--tune-seeds", args.tune_seeds]
+    return out + args.train_args
+
+
+def sbatch_lines(st, args):
+    """One sbatch line per stage; the comparison line's afterok dependency names the tuning job as $TUNE."""
+    lines = []
+    for stage in ("tune", "compare") if st.tune else ("compare",):
+        lines.append(["sbatch", *(["--parsable"] if stage == "tune" else []), f"--array=0-{len(st.stages[stage]) - 1}",
+                      *(["--dependency=afterok:$TUNE"] if stage == "compare" and st.tune else []),
+                      script("slurm/ablate.sbatch"), *(["--stage", stage] if st.tune else []), *ablate_args(args)])
+    return lines
+
+
+def shell_line(line):  # quoted, but $TUNE left for the shell
+    return quote(line).replace("'--dependency=afterok:$TUNE'", "--dependency=afterok:$TUNE")
+
+
+def print_slurm(st, args):
+    """A script to paste: TUNE=$(sbatch --parsable ... tune) then sbatch --dependency=afterok:$TUNE ... compare."""
+    for stage, line in zip(("tune", "compare") if st.tune else ("compare",), sbatch_lines(st, args)):
+        print(f"TUNE=$({shell_line(line)})" if stage == "tune" else shell_line(line))
+        runs = st.stages[stage]
+        print(f"# {stage} stage: {len(runs)} tasks (size, experiment{', value' if stage == 'tune' else ''}, seed)")
+        for t, r in enumerate(runs):
+            print(f"# {stage} task {t} ({r.label}): "
+                  + ("already finished, skipped" if r.state() in ("done", "diverged") else quote(st.command(r))))
+    print(f"# when all tasks are done, write the report: {quote(['bash', script('ablate.sh'), *ablate_args(args)])}")
+
+
+def submit(st, args):
+    """Run the sbatch lines: the comparison array waits for the tuning array (afterok)."""
+    ids = []
+    for line in sbatch_lines(st, args):
+        line = [a.replace("$TUNE", ids[0]) if ids else a for a in line]
+        line = line[:1] + ["--parsable"] + [a for a in line[1:] if a != "--parsable"]
+        say(f"$ {quote(line)}")
+        r = subprocess.run(line, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise StudyError(1, f"sbatch failed (exit code {r.returncode}): {r.stderr.strip()}")
+        ids.append(r.stdout.strip().split(";")[0])
+    print(" ".join(ids))
+    say(f"submitted job array(s) {', '.join(ids)}" + (f"; the comparison array {ids[1]} waits for {ids[0]} "
+                                                      "(afterok)" if len(ids) > 1 else ""))
+
+
+def task(st, stage, t):
+    """One array task: (size, experiment, [value,] seed) = stage's runs[t]."""
+    runs = st.stages[stage]
+    if not 0 <= t < len(runs):
+        raise UsageError(f"--task {t} out of range: the {stage} stage has tasks 0..{len(runs) - 1}")
+    run = runs[t]
+    chosen = None
+    if stage == "compare" and st.tune:
+        chosen = make_choice(st, run.size)["by_experiment"][run.exp["name"]]["chosen"]
+    if st.budget["rule"] == "budget":
+        st.max_iters[run.size] = calibrate(st, run.size)
+    if run.state() in ("done", "diverged"):
+        say(f"skip {run.label}: already finished ({run.dir})")
+        return
+    r = Runner(st)
+    r.t0 = study_created(st)  # the progress line: elapsed since the study began, runs done on disk
+    old = {s: signal.signal(s, r.on_signal) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
+    try:
+        r.start(run, chosen)
+        (p, _, t0, out), = r.running.values()
+        rc = p.wait()
+        r.running.clear()
+        if out:
+            out.close()
+        r.finished_here, r.done_before = sum(x.state() in ("done", "diverged") for x in st.runs if x is not run), 0
+        r.finish(run, rc if rc >= 0 else 128 - rc, time.time() - t0)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if r.failed is not None:
+        raise StudyError(r.failed, f"task {t} of the {stage} stage ({run.label}) did not finish")
+
+
+def study_created(st):
+    try:
+        created = json.loads((st.out / "study.json").read_text())["created"]
+        return datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    except (OSError, ValueError, KeyError):
+        return time.time()
+
+
+# -----------------------------------------------------------------------------
+# the report (plot.py): the study report if plot.py has --study, else a report per size
+
+def report(st):
+    plot = [PY, script("plot.py")]
+    if st.tune or st.scaled:
+        has_study = "--study" in subprocess.run(plot + ["--help"], capture_output=True, text=True).stdout
+        if has_study:
+            cmds = [(plot + ["--study", str(st.out)], st.out / "report.pdf")]
+        else:
+            say("plot.py has no --study yet: writing one report per size of the comparison runs instead")
+            cmds = []
+            for i in range(len(st.sizes)):
+                logs = [str(r.dir / "log.txt") for r in st.stages["compare"] if r.size == i and r.state() == "done"]
+                cmds.append((plot + logs + ["--report", str(st.size_dir(i) / "report.pdf")], st.size_dir(i) / "report.pdf"))
+    else:
+        logs = [str(r.dir / "log.txt") for r in st.runs if (r.dir / "log.txt").is_file()]
+        cmds = [(plot + logs + ["--report", str(st.out / "report.pdf")], st.out / "report.pdf")]
+    for cmd, pdf in cmds:
+        say(f"$ {quote(cmd)}")
+        rc = subprocess.run(cmd).returncode
+        if rc != 0:
+            raise StudyError(rc, f"all runs finished, but plot.py failed with exit code {rc}; rerun: {quote(cmd)}")
+        say(f"report written: {pdf}")
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = get_args(argv)
+        if args.help:
+            print(__doc__.strip())
+            print("\nStudy options (every ablate.sh option works too; bash ablate.sh -h):\n" + OPTIONS)
+            return 0
+        st = make_study(args)
+        if args.task is not None:
+            stage = args.stage or ("compare" if not st.tune else None)
+            if stage is None:
+                raise UsageError("--task with --tune needs --stage tune or --stage compare")
+            if stage == "tune" and not st.tune:
+                raise UsageError("--stage tune needs --tune")
+            st.check_folder(write=True)
+            if not re.fullmatch(r"\d+", args.task):
+                raise UsageError(f"--task must be a non-negative integer (got '{args.task}')")
+            task(st, stage, int(args.task))
+            return 0
+        if args.stage:
+            raise UsageError("--stage goes with --task (a job array's task)")
+        st.check_folder(write=not (args.dry_run or args.print_slurm))
+        if st.budget["rule"] == "budget":
+            for i in range(len(st.sizes)):
+                if (st.size_dir(i) / "budget.json").is_file() or not (args.dry_run or args.print_slurm or args.submit):
+                    st.max_iters[i] = calibrate(st, i)
+        print_plan(st)
+        if args.dry_run or args.print_slurm or args.submit:
+            seconds = estimate(st)
+            say(f"estimate: {fmt_time(seconds)} of training in {len(st.runs)} runs"
+                + (f", about {fmt_time(seconds / st.jobs)} with --jobs {st.jobs}" if st.jobs > 1 else "")
+                + " on this machine (start-up of each run not counted)")
+            if args.dry_run:
+                for r in st.runs:
+                    print(f"# {r.label}: already finished" if r.state() in ("done", "diverged") else quote(st.command(r)))
+            elif args.print_slurm:
+                print_slurm(st, args)
+            else:
+                submit(st, args)
+            return 0
+        Runner(st).run_all()
+        if args.no_report:
+            say(f"all {len(st.runs)} runs finished; report skipped (--no-report)")
+            return 0
+        report(st)
+        return 0
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except StudyError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.code
+
+
+OPTIONS = """\
+  --tune KEY=v1,v2,...   tune KEY per arm (e.g. learning_rate=1e-3,3e-3,1e-2): a tuning stage runs every arm
+                         at every value on the tuning set (needs --tune_docs=K for train.py) and picks each
+                         arm's best; the comparison stage runs each arm at its choice (OUT/[SIZE/]choice.json)
+  --tune-seeds M         tuning seeds per value (default 1): seeds 1001..1000+M, never comparison seeds
+  --scale KEY=v1,v2,...  sizes (repeatable; the i-th values of every --scale key make size i), each in
+                         OUT/<KEY=v+KEY2=w>/
+  --tokens t1,t2,...     training tokens per run at each size (2e6, 500k, 2M); --max_iters = tokens / (batch x block)
+  --tokens-per-param R   tokens = R x non-embedding parameters of the size's baseline
+  --budget DURATION      per size: one step count for every arm from speed probes (as ablate.sh --budget)
+  --jobs N               N runs at once (each OMP_NUM_THREADS=1 unless set; their output in OUT/console/)
+  --dry-run              print each stage's and size's runs and an estimate of the time (speed probes)
+  --print-slurm          print the sbatch lines (one job array per stage, the comparison after the tuning)
+  --submit               run those sbatch lines, chained with --dependency=afterok
+  --task I --stage S     run task I of stage S (tune|compare) only (slurm/ablate.sbatch)
+A finished run is never retrained; an interrupted one resumes (--resume=auto); a diverged one is recorded
+(diverged.json) and skipped. Another study in the same --out is refused."""
+
+if __name__ == "__main__":
+    sys.exit(main())
