@@ -819,7 +819,10 @@ def main(argv=None):
                 if (st.size_dir(i) / "budget.json").is_file() or not (args.dry_run or args.print_slurm or args.submit):
                     st.max_iters[i] = calibrate(st, i)
         print_plan(st)
-        if args.dry_run or args.print_slurm or args.submit:
+        if args.submit:
+            submit(st, args)
+            return 0
+        if args.dry_run or args.print_slurm:
             seconds = estimate(st)
             say(f"estimate: {fmt_time(seconds)} of training in {len(st.runs)} runs"
                 + (f", about {fmt_time(seconds / st.jobs)} with --jobs {st.jobs}" if st.jobs > 1 else "")
@@ -827,10 +830,8 @@ def main(argv=None):
             if args.dry_run:
                 for r in st.runs:
                     print(f"# {r.label}: already finished" if r.state() in ("done", "diverged") else quote(st.command(r)))
-            elif args.print_slurm:
-                print_slurm(st, args)
             else:
-                submit(st, args)
+                print_slurm(st, args)
             return 0
         Runner(st).run_all()
         if args.no_report:

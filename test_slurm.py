@@ -393,9 +393,42 @@ def ablation(request, cluster, corpus):
     return a
 
 
+# --------------------------------------------------------------------------- the study's two arrays
+# A tuning stage and a comparison stage (ablate.py --submit, through ablate.sh): the comparison array
+# must wait for the tuning array (--dependency=afterok). Submitted at the first test too, low priority.
+STUDY_TEST = "test_study_stages_as_dependent_job_arrays"
+
+
+@pytest.fixture(scope="module")
+def study_arrays(request, cluster, corpus):
+    if not any(item.name == STUDY_TEST for item in request.session.items):
+        return None
+    out = cluster.base / "runs" / "study"
+    args = ["--switches", "rope", "--tune", "learning_rate=1e-3,1e-2", "--seeds", "1", "--out", str(out),
+            f"--data_path={corpus}", *TINY, "--max_iters=6", "--eval_interval=3", "--tune_docs=20"]
+    # `sbatch` on PATH for --submit: the real one with this node's resource lines (as sbatch() above)
+    bindir = cluster.base / "bin"
+    bindir.mkdir(exist_ok=True)
+    (bindir / "sbatch").write_text(
+        f"#!/bin/bash\nexec {shlex.quote(cluster.bins.get('sbatch') or 'sbatch')} "
+        f"--output={cluster.base / 'jobs' / 'study-%A_%a.out'} --cpus-per-task=1 --mem={MEM_PER_JOB} "
+        f'--nice=10000 "$@"\n')
+    (bindir / "sbatch").chmod(0o755)
+    env = dict(job_env(cluster), PATH=f"{bindir}:{cluster.env.get('PATH', os.environ['PATH'])}")
+    s = dict(out=out, args=args, env=env, error=None)
+    r = subprocess.run(["bash", "ablate.sh", *args, "--submit"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    ids = r.stdout.split()
+    if r.returncode != 0 or len(ids) != 2:
+        s["error"] = f"ablate.sh --submit exited {r.returncode}: {r.stdout[-2000:]}{r.stderr[-2000:]}"
+        return s
+    s["ids"], s["dependency"] = ids, cluster.job(ids[1]).get("Dependency", "")
+    return s
+
+
 def slurm_test(f):
-    """A test on the cluster; the first one to run also starts the ablation array."""
-    return pytest.mark.slurm(pytest.mark.usefixtures("ablation")(f))
+    """A test on the cluster; the first one to run also starts the ablation and the study arrays."""
+    return pytest.mark.slurm(pytest.mark.usefixtures("ablation", "study_arrays")(f))
 
 
 # --------------------------------------------------------------------------- train.sbatch
@@ -531,6 +564,34 @@ def test_ablation_job_array_then_report(cluster, ablation):
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (ablation["out"] / "report.pdf").is_file()
+
+
+@slurm_test
+def test_study_stages_as_dependent_job_arrays(cluster, study_arrays):
+    """`ablate.sh --tune ... --submit`: the tuning array (2 arms x 2 values) and the comparison array
+    (2 arms), the second submitted with afterok on the first and started only after every tuning task
+    ended; each comparison run used its arm's choice; the same command afterwards retrains nothing."""
+    s = study_arrays
+    assert s["error"] is None, s["error"]
+    tune_id, compare_id = s["ids"]
+    assert f"afterok:{tune_id}" in s["dependency"], s["dependency"]
+    tune, compare = wait_final(cluster, tune_id, timeout=400), wait_final(cluster, compare_id, timeout=400)
+    assert (len(tune), len(compare)) == (4, 2)
+    bad = [(r.get("JobId"), r.get("ArrayTaskId"), r["JobState"], r["ExitCode"]) for r in tune + compare
+           if (r["JobState"], r["ExitCode"]) != ("COMPLETED", "0:0")]
+    assert not bad, (bad, "\n".join(output(cluster, r)[-2000:] for r in tune + compare))
+    assert min(r["StartTime"] for r in compare) >= max(r["EndTime"] for r in tune)  # ISO times, 1 s resolution
+    out = s["out"]
+    choice = json.loads((out / "choice.json").read_text())["by_experiment"]
+    for exp in ("baseline", "rope"):
+        for value in ("1e-3", "1e-2"):
+            res = json.loads((out / "tune" / exp / f"learning_rate={value}" / "seed1001" / "results.json").read_text())
+            assert (res["eval_set"], res["config"]["learning_rate"], res["steps"]) == ("tune", float(value), 6)
+        res = json.loads((out / exp / "seed1" / "results.json").read_text())
+        assert res["eval_set"] == "val" and res["config"]["learning_rate"] == float(choice[exp]["chosen"])
+    r = subprocess.run(["bash", "ablate.sh", *s["args"], "--no-report"], cwd=ROOT, env=s["env"],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and "6 of 6 runs already finished" in r.stderr, r.stderr[-3000:]
 
 
 # --------------------------------------------------------------------------- bash 4.2
