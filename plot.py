@@ -1508,6 +1508,699 @@ def write_report(runs, pdf_path, beta, samples, sample_desc, design=None):
     return a, (pdf_path, md_path, png_path)
 
 # -----------------------------------------------------------------------------
+# studies: tuned learning rates, several sizes, compute multipliers
+#
+# ablate.py runs a study into OUT: OUT/study.json (design, seeds, tuned key and grid, sizes, budget), then per
+# size a folder OUT/<size>/ (OUT itself without --scale) with tune/<experiment>/<KEY>=<value>/seed<k>/ (the
+# tuning runs, scored on the tuning set), choice.json (each arm's chosen value) and <experiment>/seed<k>/ (the
+# comparison runs at the chosen values, on the validation set). `python plot.py --study OUT` reads it all here.
+
+N_BOOT = 2000                  # bootstrap resamples behind a compute multiplier's interval
+BOOT_SEED = 0                  # the bootstrap's random stream (a report is reproducible)
+FIT_MIN_SIZES = 4              # from this many sizes on, the baseline's loss-vs-compute curve is a fitted law
+EXPONENT_RANGE = (1e-3, 4.0)   # the fitted law's exponent b is searched in this range
+
+
+@dataclass
+class StudySize:
+    name: str              # the size's folder name ("" without --scale)
+    args: dict             # its config keys, e.g. {"n_layer": "2", "n_embd": "64"}
+    folder: Path
+    runs: dict             # {experiment: {seed: Run}}: finished comparison runs
+    tune: dict             # {experiment: {value: {seed: tuning-set NLL, or None when it diverged}}}
+    choice: dict | None    # choice.json's by_experiment, or None when there is none
+    problems: list         # one line per comparison or tuning run that did not finish (diverged tuning: a result)
+    analysis: object = None  # Analysis of the comparison runs (None without any)
+
+    @property
+    def label(self):
+        return self.name or "(one size)"
+
+
+@dataclass
+class Study:
+    root: Path
+    spec: dict             # study.json
+    design: dict           # spec["design"]
+    reference: str         # the experiment every other one is compared with
+    key: str | None        # the tuned config key (None: no tuning stage)
+    values: list           # its grid, as the strings ablate.py passed
+    sizes: list            # [StudySize], in study.json's order
+    notes: list            # plain sentences for the report
+
+
+def run_state(folder):
+    """(Run or None, state, text) of one run folder: state is Run.status ("finished", "diverged",
+    "unfinished") or "not started" (no log.txt); text says it in words ("diverged at step 180")."""
+    log = Path(folder) / "log.txt"
+    if not log.is_file():
+        return None, "not started", "not started"
+    try:
+        run = load_run(folder)
+    except UsageError:   # no train or eval row yet, e.g. a run that diverged at its first step
+        state = "diverged" if divergence(read_log(log)) else "unfinished"
+        return None, state, f"{state} (no train or eval row)"
+    return run, run.status, run.status_text
+
+
+def seed_folders(folder):
+    """{seed: path} of the seed<k> folders inside folder."""
+    out = {}
+    for p in Path(folder).glob("seed*"):
+        m = re.fullmatch(r"seed(\d+)", p.name)
+        if m and p.is_dir():
+            out[int(m.group(1))] = p
+    return dict(sorted(out.items()))
+
+
+def _read_json(path, what):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {what} {path}: {e}") from None
+
+
+def load_study(root):
+    """Read a study folder written by ablate.py (layout above). UsageError when it is not one."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"no such study folder: {root}")
+    if not (root / "study.json").is_file():
+        raise UsageError(f"{root} has no study.json (is it a study folder written by ablate.py?)")
+    spec = _read_json(root / "study.json", "study file")
+    design = spec.get("design") if isinstance(spec, dict) else None
+    if not isinstance(design, dict) or design.get("design") not in DESIGNS or not isinstance(
+            design.get("experiments"), list):
+        raise UsageError(f"{root / 'study.json'}: no valid 'design' (need design and experiments)")
+    design = dict(design, source="study.json")
+    tune = spec.get("tune") or {}
+    key, values = tune.get("key"), [str(v) for v in tune.get("values") or []]
+    sizes = spec.get("sizes") or [{"name": "", "args": {}}]
+    study = Study(root, spec, design, design.get("reference") or REFERENCE[design["design"]], key, values, [], [])
+    experiments = [e["name"] for e in design["experiments"]]
+    for sz in sizes:
+        folder = root / sz["name"] if sz.get("name") else root
+        size = StudySize(sz.get("name") or "", dict(sz.get("args") or {}), folder, {}, {}, None, [])
+        if key:
+            path = folder / "choice.json"
+            if path.is_file():
+                size.choice = (_read_json(path, "choice file").get("by_experiment") or {})
+            else:
+                study.notes.append(f"Size {size.label}: no choice.json (the tuning stage has not finished).")
+        for exp in experiments:
+            size.runs[exp] = {}
+            for seed, path in seed_folders(folder / exp).items():
+                run, state, text = run_state(path)
+                if state == "finished":
+                    size.runs[exp][seed] = run
+                else:
+                    size.problems.append(f"{path.relative_to(root)} (comparison run): {text}")
+            if key:
+                size.tune[exp] = {}
+                for v in values:
+                    size.tune[exp][v] = {}
+                    for seed, path in seed_folders(folder / "tune" / exp / f"{key}={v}").items():
+                        run, state, text = run_state(path)
+                        if state == "finished":
+                            size.tune[exp][v][seed] = run.val_nll
+                            if (run.results or {}).get("eval_set", "tune") != "tune":
+                                study.notes.append(f"WARNING: tuning run {path.relative_to(root)} was scored on "
+                                                   f"the '{run.results['eval_set']}' set, not the tuning set.")
+                        elif state == "diverged":
+                            size.tune[exp][v][seed] = None
+                        else:
+                            size.problems.append(f"{path.relative_to(root)} (tuning run): {text}")
+            n = len(size.runs[exp])
+            if isinstance(spec.get("seeds"), int) and n < spec["seeds"]:
+                study.notes.append(f"Size {size.label}, {exp}: {n} of {spec['seeds']} comparison seeds finished.")
+        runs = [r for rs in size.runs.values() for r in rs.values()]
+        size.analysis = analyze(runs, design) if runs else None
+        study.sizes.append(size)
+    return study
+
+# the compute of a run
+
+def train_flops(run):
+    """(training FLOPs of a finished run, where the number came from): results.json's train_flops; else its
+    flops_per_token x tokens; else train.flops_per_token's formula from params and config: 6 per weight of
+    every matmul (non-embedding weights plus the tied output head = the token table) x tokens, plus the
+    attention term 12 * n_layer * block_size * n_embd per token."""
+    res = run.results or {}
+    if _is_num(res.get("train_flops")):
+        return float(res["train_flops"]), "train_flops in results.json"
+    tokens = run.tokens
+    if _is_num(res.get("flops_per_token")) and tokens:
+        return float(res["flops_per_token"]) * tokens, "flops_per_token x tokens"
+    params, cfg = res.get("params") or {}, run.config
+    need = ("n_layer", "block_size", "n_embd")
+    if not (tokens and _is_num(params.get("total")) and _is_num(params.get("non_embedding"))
+            and all(_is_num(cfg.get(k)) for k in need)):
+        return None, "unknown"
+    head = params["total"] - params["non_embedding"] - (0 if cfg.get("use_rope") else cfg["block_size"] * cfg["n_embd"])
+    per_token = 6 * (params["non_embedding"] + head) + 12 * cfg["n_layer"] * cfg["block_size"] * cfg["n_embd"]
+    return float(per_token) * tokens, "6 x (non-embedding + head) params + attention, x tokens"
+
+# the baseline's loss against compute, and its inverse
+
+def _law_fit(logc, loss, b):
+    """Least squares of loss = a * x + c with x = exp(-b * logc) = (C/C0)^-b, row by row (b: one per row).
+    Returns (a, c, residual sum of squares). For a fixed exponent the law is a straight line in x."""
+    x = np.exp(-b[:, None] * logc)
+    xc = x - x.mean(1, keepdims=True)
+    lc = loss - loss.mean(1, keepdims=True)
+    sxx, sxl = (xc * xc).sum(1), (xc * lc).sum(1)
+    a = sxl / sxx
+    c = loss.mean(1) - a * x.mean(1)
+    return a, c, (lc * lc).sum(1) - a * sxl
+
+
+def fit_power_law(logc, loss, iters=60):
+    """Fit L = a * (C/C0)^-b + c to each row of loss (B, n) at log compute logc (B, n) (log C - log C0):
+    for each b the best a, c are a straight-line fit, so b alone is searched: a log-spaced grid over
+    EXPONENT_RANGE, then golden-section search between the grid neighbours of the best point. Returns
+    (a, b, c) arrays; a row whose best a is not > 0 (loss not falling with compute) gets nan."""
+    logc, loss = np.atleast_2d(logc), np.atleast_2d(loss)
+    rows = len(loss)
+    grid = np.geomspace(*EXPONENT_RANGE, 81)
+    sse = np.array([_law_fit(logc, loss, np.full(rows, b))[2] for b in grid])  # (grid, rows)
+    k = np.nanargmin(np.where(np.isfinite(sse), sse, np.inf), axis=0)
+    lo, hi = np.log(grid[np.maximum(k - 1, 0)]), np.log(grid[np.minimum(k + 1, len(grid) - 1)])
+    g = (math.sqrt(5) - 1) / 2
+    for _ in range(iters):  # golden section in log b, every row at once
+        m1, m2 = hi - g * (hi - lo), lo + g * (hi - lo)
+        left = _law_fit(logc, loss, np.exp(m1))[2] <= _law_fit(logc, loss, np.exp(m2))[2]
+        lo, hi = np.where(left, lo, m1), np.where(left, m2, hi)
+    b = np.exp((lo + hi) / 2)
+    a, c, _ = _law_fit(logc, loss, b)
+    bad = ~(a > 0)
+    return np.where(bad, np.nan, a), np.where(bad, np.nan, b), np.where(bad, np.nan, c)
+
+
+def invert_power_law(target, a, b, c):
+    """log(C/C0) at which a * (C/C0)^-b + c = target; inf when target <= c (below the law's floor)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = -np.log((target - c) / a) / b
+    return np.where(target > c, out, np.where(np.isnan(a), np.nan, np.inf))
+
+
+def invert_piecewise(target, logc, loss):
+    """log C at which the baseline reaches target, by straight lines between the measured points (log C
+    against L), rows (B, n) sorted by compute; past the measured range the end segment is extended. Rows
+    whose loss does not fall strictly with compute have no inverse: nan."""
+    logc, loss, target = np.atleast_2d(logc), np.atleast_2d(loss), np.atleast_1d(target)
+    n = loss.shape[1]
+    j = np.clip((loss[:, 1:n - 1] > target[:, None]).sum(1), 0, n - 2)[:, None]   # the segment [j, j+1]
+    l0, l1 = np.take_along_axis(loss, j, 1)[:, 0], np.take_along_axis(loss, j + 1, 1)[:, 0]
+    c0, c1 = np.take_along_axis(logc, j, 1)[:, 0], np.take_along_axis(logc, j + 1, 1)[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = c0 + (target - l0) * (c1 - c0) / (l1 - l0)
+    return np.where(np.all(np.diff(loss, axis=1) < 0, axis=1), out, np.nan)
+
+
+@dataclass
+class Multiplier:
+    size: str
+    experiment: str
+    loss: float            # the arm's mean val NLL at this size
+    flops: float           # the arm's mean training FLOPs at this size
+    base_flops: float      # the baseline compute that reaches `loss` (nan: none)
+    value: float           # base_flops / flops
+    interval: tuple        # (lo, hi) of the bootstrap, or None
+    resamples: int         # bootstrap resamples that gave a multiplier
+    warning: str | None
+
+
+def _seed_table(size, exp, seeds):
+    """(NLL, FLOPs) arrays of exp's runs at `seeds`, nan where exp lacks that seed."""
+    runs = size.runs.get(exp, {})
+    loss = np.array([runs[s].val_nll if s in runs else np.nan for s in seeds])
+    flops = np.array([(train_flops(runs[s])[0] or np.nan) if s in runs else np.nan for s in seeds], dtype=float)
+    return loss, flops
+
+
+def compute_multipliers(study, n_boot=N_BOOT, seed=BOOT_SEED):
+    """Each arm's compute multiplier at each size against the reference arm's loss-vs-compute curve.
+    Returns (method sentence, [Multiplier], notes). The curve goes through the reference's mean val NLL and
+    mean training FLOPs at each size: a fitted L = a*C^-b + c with FIT_MIN_SIZES or more sizes, else
+    straight lines in log C between the measured points. Interval: paired percentile bootstrap over seeds
+    (each resample draws the reference's seeds of every size with replacement and uses the same draws for
+    each arm at that size; 2.5th and 97.5th percentiles, inverted-CDF, of the resamples that give a value)."""
+    ref, notes = study.reference, []
+    sizes = [s for s in study.sizes if s.runs.get(study.reference)]
+    for s in study.sizes:
+        if s not in sizes:
+            notes.append(f"Size {s.label} has no finished {ref} run and is left out of the compute curve.")
+    if len(sizes) < 2:
+        return (f"Compute multiplier: needs finished {ref} runs at two or more sizes (the study has "
+                f"{len(sizes)}).", [], notes)
+    seeds = [list(s.runs[ref]) for s in sizes]
+    base = [_seed_table(s, ref, sd) for s, sd in zip(sizes, seeds)]
+    if any(np.isnan(f).any() for _, f in base):
+        return "Compute multiplier: the training FLOPs of some reference runs are unknown.", [], notes
+    order = np.argsort([f.mean() for _, f in base])
+    sizes, seeds, base = [sizes[i] for i in order], [seeds[i] for i in order], [base[i] for i in order]
+    fitted = len(sizes) >= FIT_MIN_SIZES
+    rng = np.random.default_rng(seed)
+    draws = [np.concatenate([np.arange(len(sd))[None], rng.integers(len(sd), size=(n_boot, len(sd)))])
+             for sd in seeds]   # row 0: the seeds as measured (the point estimate); then the resamples
+    loss = np.stack([l[d].mean(1) for (l, _), d in zip(base, draws)], axis=1)         # (1 + B, sizes)
+    logc = np.log(np.stack([f[d].mean(1) for (_, f), d in zip(base, draws)], axis=1))
+    lo_l, hi_l = loss[0].min(), loss[0].max()
+    if fitted:
+        c0 = logc[:, :1]
+        a, b, c = fit_power_law(logc - c0, loss)
+        inverse = lambda target: c0[:, 0] + invert_power_law(target, a, b, c)
+        method = (f"Compute multiplier = C_{ref}(L_arm) / C_arm: the {ref}'s training compute that reaches the "
+                  f"arm's loss, divided by the arm's. The {ref} curve is the law L = a·C^-b + c fitted by least "
+                  f"squares to its mean val NLL at the {len(sizes)} sizes (a = {a[0]:.4g} at C0 = "
+                  f"{math.exp(c0[0, 0]):.3g} FLOPs, b = {b[0]:.3g}, c = {c[0]:.4f}).")
+        if not np.isfinite(a[0]):
+            notes.append(f"The {ref}'s loss does not fall with compute: no law fits, no multiplier.")
+    else:
+        inverse = lambda target: invert_piecewise(target, logc, loss)
+        method = (f"Compute multiplier = C_{ref}(L_arm) / C_arm: the {ref}'s training compute that reaches the "
+                  f"arm's loss, divided by the arm's. With {len(sizes)} sizes (fewer than {FIT_MIN_SIZES}) the "
+                  f"{ref} curve is piecewise linear in log C between its measured points (mean val NLL per "
+                  f"size); past them the end segment is extended.")
+        if not np.all(np.diff(loss[0]) < 0):
+            notes.append(f"The {ref}'s mean loss does not fall with compute at every step between sizes "
+                         f"({', '.join(f'{l:.4f}' for l in loss[0])}): no multiplier by interpolation.")
+    method += (f" Interval: 95% paired percentile bootstrap over seeds ({n_boot} resamples; each draws every "
+               f"size's seeds with replacement, the same draws for the {ref} and the arm).")
+    out = []
+    for i, size in enumerate(sizes):
+        for exp in size.runs:
+            if exp == ref or not size.runs[exp]:
+                continue
+            own = list(size.runs[exp])
+            l_own, f_own = _seed_table(size, exp, own)
+            if np.isnan(f_own).any():
+                notes.append(f"Size {size.label}, {exp}: training FLOPs unknown, no multiplier.")
+                continue
+            l_arm, f_arm = _seed_table(size, exp, seeds[i])
+            lb, fb = _mean_of_drawn(l_arm, draws[i]), _mean_of_drawn(f_arm, draws[i])  # the reference's draws
+            lb[0], fb[0] = l_own.mean(), f_own.mean()       # point estimate: all of the arm's seeds
+            with np.errstate(over="ignore", invalid="ignore"):
+                hit = inverse(lb)                           # log of the reference compute reaching lb
+                mult = np.exp(hit - np.log(fb))
+            boot = mult[1:][~np.isnan(mult[1:])]
+            interval = tuple(float(x) for x in np.quantile(boot, [0.025, 0.975], method="inverted_cdf")) \
+                if len(boot) else None
+            warning = None
+            if lb[0] < lo_l or lb[0] > hi_l:
+                side, edge = ("below the lowest", lo_l) if lb[0] < lo_l else ("above the highest", hi_l)
+                warning = (f"extrapolated: the arm's loss {lb[0]:.4f} is {side} loss the {ref} reached "
+                           f"({edge:.4f}), past the measured range")
+            if np.isinf(mult[0]):
+                warning = f"the arm's loss {lb[0]:.4f} is below the fitted law's floor c: no finite {ref} compute"
+            if len(boot) < n_boot:
+                notes.append(f"Size {size.label}, {exp}: {n_boot - len(boot)} of {n_boot} resamples gave no "
+                             f"multiplier (the {ref}'s resampled loss did not fall with compute, or the resample "
+                             f"drew none of the arm's seeds).")
+            out.append(Multiplier(size.label, exp, float(lb[0]), float(fb[0]), float(np.exp(hit[0])),
+                                  float(mult[0]), interval, len(boot), warning))
+    return method, out, notes
+
+
+
+def _mean_of_drawn(values, draws):
+    """Row-wise mean of values[draws] over the entries that are not nan (nan when a row drew none)."""
+    v = values[draws]
+    ok = ~np.isnan(v)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, v, 0.0).sum(1) / ok.sum(1)
+
+# the tuning stage: what each arm chose, and its sensitivity curve
+
+def _numeric(values):
+    """The grid as floats, or None when a value is not a number."""
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        return None
+
+
+def grid_order(values):
+    """The grid in plotting order: by number when every value is one, else as given."""
+    nums = _numeric(values)
+    return [v for _, v in sorted(zip(nums, values))] if nums else list(values)
+
+
+def tuning_rows(study):
+    """[{size, experiment, chosen, edge, scores {value: mean NLL or None}, diverged [values]}] per size and
+    arm. The points are the tuning runs' own NLL (mean over finished tuning seeds); chosen and edge come from
+    choice.json (the edge is also checked here: the chosen value first or last in the grid); a value is
+    diverged when a tuning run of it diverged (its log, or choice.json's list)."""
+    rows, order = [], grid_order(study.values)
+    for size in study.sizes:
+        for exp, by_value in size.tune.items():
+            choice = (size.choice or {}).get(exp) or {}
+            scores, diverged = {}, []
+            for v in order:
+                nlls = [x for x in by_value.get(v, {}).values() if x is not None]
+                scores[v] = float(np.mean(nlls)) if nlls else None
+                if None in by_value.get(v, {}).values() or (choice.get("diverged") or {}).get(v):
+                    diverged.append(v)
+            chosen = choice.get("chosen")
+            chosen = None if chosen is None else str(chosen)
+            edge = bool(choice.get("edge")) or (chosen is not None and len(order) > 1 and chosen in (order[0], order[-1]))
+            rows.append({"size": size.label, "experiment": exp, "chosen": chosen, "edge": edge,
+                         "scores": scores, "diverged": diverged})
+    return rows
+
+
+def sensitivity_figure(study, rows):
+    """One panel per size: tuning-set NLL against the tuned value, a line per arm (mean over tuning seeds),
+    the chosen value starred, a diverged value an x at the top; log x when the values are positive and span
+    10x or more."""
+    plt = _pyplot()
+    order, nums = grid_order(study.values), _numeric(grid_order(study.values))
+    xs = nums if nums else list(range(len(order)))
+    log_x = bool(nums) and min(nums) > 0 and max(nums) >= 10 * min(nums)
+    n = len(study.sizes)
+    cols = min(n, 3)
+    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(5.0 * cols, 3.9 * math.ceil(n / cols)),
+                             squeeze=False)
+    exps = [e["name"] for e in study.design["experiments"]]
+    for ax, size in zip(axes.flat, study.sizes):
+        edges = []
+        for i, exp in enumerate(exps):
+            row = next((r for r in rows if r["size"] == size.label and r["experiment"] == exp), None)
+            if row is None:
+                continue
+            c = _colour(i, len(exps))
+            pts = [(x, row["scores"][v]) for x, v in zip(xs, order) if row["scores"][v] is not None]
+            for x, v in zip(xs, order):  # every finished tuning seed, faint
+                seeds = [y for y in size.tune[exp].get(v, {}).values() if y is not None]
+                ax.plot([x] * len(seeds), seeds, ".", color=c, alpha=0.35, ms=4)
+            if pts:
+                ax.plot(*zip(*pts), "-o", color=c, lw=1.4, ms=4, label=exp)
+            if row["chosen"] in order and row["scores"].get(row["chosen"]) is not None:
+                ax.plot(xs[order.index(row["chosen"])], row["scores"][row["chosen"]], "*", color=c, ms=15,
+                        markeredgecolor="black", markeredgewidth=0.8, zorder=5)
+            for v in row["diverged"]:
+                ax.plot(xs[order.index(v)], 0.97, "x", color=c, ms=9, mew=2, transform=ax.get_xaxis_transform(),
+                        clip_on=False)
+            if row["edge"]:
+                edges.append(exp)
+        if log_x:
+            ax.set_xscale("log")
+        if not nums:
+            ax.set_xticks(xs, order)
+        ax.set_xlabel(study.key)
+        ax.set_ylabel("tuning-set NLL (nats/token)")
+        title = f"size {size.label}" + (f"\nchosen on the grid's edge: {', '.join(edges)}" if edges else "")
+        ax.set_title(title, fontsize=9, color="#c00000" if edges else "black")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    from matplotlib.lines import Line2D
+    handles += [Line2D([], [], ls="", marker="*", ms=12, color="grey", markeredgecolor="black"),
+                Line2D([], [], ls="", marker="x", ms=8, mew=2, color="grey")]
+    labels += ["chosen value", "diverged (at the top)"]
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
+    fig.suptitle("Sensitivity: each arm's tuning-set NLL against the tuned value (mean over tuning seeds; dots: "
+                 "single seeds)", fontsize=10)
+    fig.subplots_adjust(left=0.08 / cols ** 0.5, right=0.98, top=0.88 - 0.03 * (fig.get_figheight() > 5),
+                        bottom=0.2 / math.ceil(n / cols), wspace=0.3, hspace=0.45)   # fixed: tight_layout is slow
+    return fig
+
+# per-size verdicts and the paired differences against compute
+
+def size_flops(size, exp):
+    """Mean training FLOPs of exp's finished runs at this size (None when unknown)."""
+    f = [train_flops(r)[0] for r in size.runs.get(exp, {}).values()]
+    return float(np.mean(f)) if f and None not in f else None
+
+
+def delta_compute_figure(study):
+    """Δ of each comparison (or factorial effect) against training FLOPs, a line per switch across the sizes,
+    bars = its 95% CI; a filled marker is a Holm verdict at its size, a hollow one is not."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    names = list(dict.fromkeys(x for s in study.sizes if s.analysis for x in s.analysis.family))
+    for i, name in enumerate(names):
+        c = _colour(i, len(names))
+        pts = []
+        for size in study.sizes:
+            st = size.analysis.family.get(name) if size.analysis else None
+            exp = name if name in size.runs else study.reference   # effects: the size's compute (the reference's)
+            x = size_flops(size, exp)
+            if st and st["n"] and x:
+                pts.append((x, st))
+        pts.sort(key=lambda p: p[0])
+        if not pts:
+            continue
+        x = [p[0] for p in pts]
+        y = [p[1]["mean"] for p in pts]
+        ax.plot(x, y, "-", color=c, lw=1.3, label=name)
+        for xi, st in pts:
+            if st["ci"]:
+                ax.errorbar(xi, st["mean"], yerr=[[st["mean"] - st["ci"][0]], [st["ci"][1] - st["mean"]]],
+                            color=c, capsize=3, lw=1)
+            ax.plot(xi, st["mean"], "o", ms=6, color=c, markerfacecolor=c if st["significant"] else "white")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute per run (FLOPs, log scale)")
+    ref = "per-seed effect" if any(s.analysis and s.analysis.family_kind == "effects" for s in study.sizes) \
+        else f"Δ val NLL vs {study.reference}"
+    ax.set_ylabel(f"{ref} (nats/token)")
+    ax.set_title("Paired Δ against compute: bars = 95% CI (Student t over seeds); filled = Holm verdict at its "
+                 "size", fontsize=9)
+    ax.grid(alpha=0.3)
+    if names:
+        ax.legend(fontsize=8)
+    fig.subplots_adjust(left=0.11, right=0.97, top=0.93, bottom=0.11)
+    return fig
+
+# the report: one list of blocks, written as markdown and as PDF pages
+
+def _fmt_flops(x):
+    return "?" if x is None or not _is_num(x) else f"{x:.3g}"
+
+
+def _fmt_mult(x):
+    return "n/a" if x is None or math.isnan(x) else "∞" if math.isinf(x) else f"{x:.2f}x"
+
+
+def study_blocks(study, rows, mult, pngs):
+    """The report as [("h", text) | ("p", text) | ("warn", text) | ("table", header, rows) | ("img", path)]."""
+    d, spec, ref = study.design, study.spec, study.reference
+    exps = [e["name"] for e in d["experiments"]]
+    blocks = [("h", "Design")]
+    tune = spec.get("tune") or {}
+    blocks.append(("p", f"Design: {d['design']}; experiments: {', '.join(exps)}; reference: {ref}. "
+                        f"{spec.get('seeds', '?')} comparison seed(s) per arm and size. " +
+                   (f"Tuned: {study.key} over {', '.join(grid_order(study.values))} per arm and size, with tuning "
+                    f"seed(s) {', '.join(map(str, tune.get('seeds') or []))}, scored on the tuning set; each arm "
+                    f"then runs at its own chosen value on the comparison seeds and the validation set."
+                    if study.key else "No tuning stage: every arm ran at the config's values.")))
+    if spec.get("budget"):
+        blocks.append(("p", f"Budget: {json.dumps(spec['budget'], sort_keys=True)}."))
+    if spec.get("train_args"):
+        blocks.append(("p", f"train.py arguments: {' '.join(map(str, spec['train_args']))}"))
+    size_rows, sources = [], set()
+    for size in study.sizes:
+        runs = list(size.runs.get(ref, {}).values())
+        r = runs[0] if runs else None
+        non_emb = ((r.results or {}).get("params") or {}).get("non_embedding") if r else None
+        sources |= {train_flops(x)[1] for rs in size.runs.values() for x in rs.values()}
+        size_rows.append([size.label, " ".join(f"{k}={v}" for k, v in size.args.items()) or "(config)",
+                          fmt_params(r.params if r else None), fmt_params(non_emb),
+                          fmt_tokens([x.tokens for x in runs]), _fmt_flops(size_flops(size, ref))])
+    blocks.append(("table", ["size", "config keys", f"params ({ref})", "non-embedding", "tokens per run",
+                             "train FLOPs per run"], size_rows))
+    blocks.append(("p", f"Training FLOPs from: {'; '.join(sorted(sources)) or 'no finished run'}."))
+
+    blocks.append(("h", "Tuning: the sensitivity of each arm"))
+    if study.key:
+        blocks.append(("img", pngs["sensitivity"]))
+        sizes = [s.label for s in study.sizes]
+        table = []
+        for exp in exps:
+            cells = [exp]
+            for label in sizes:
+                r = next((x for x in rows if x["size"] == label and x["experiment"] == exp), None)
+                if r is None or r["chosen"] is None:
+                    cells.append("(no choice)")
+                    continue
+                score = r["scores"].get(r["chosen"])
+                cells.append(f"{r['chosen']}" + (f" ({score:.4f})" if score is not None else "") +
+                             (" EDGE" if r["edge"] else "") +
+                             (f"; diverged: {', '.join(r['diverged'])}" if r["diverged"] else ""))
+            table.append(cells)
+        blocks.append(("table", ["arm"] + [f"size {s}: chosen {study.key} (tuning NLL)" for s in sizes], table))
+        for r in rows:
+            if r["edge"]:
+                blocks.append(("warn", f"WARNING: size {r['size']}, {r['experiment']}: the chosen {study.key} = "
+                                       f"{r['chosen']} is on the edge of the grid; the best value may lie outside "
+                                       f"it (widen the grid)."))
+        div = [f"{r['experiment']} at {study.key} = {', '.join(r['diverged'])} (size {r['size']})"
+               for r in rows if r["diverged"]]
+        if div:
+            blocks.append(("p", "Diverged tuning runs (a result: that value is too high for that arm; never "
+                                "chosen): " + "; ".join(div) + "."))
+    else:
+        blocks.append(("p", "No tuning stage in this study (ablate.py without --tune)."))
+
+    blocks.append(("h", "Verdicts at every size"))
+    arm_rows, fam_rows, header = [], [], None
+    for size in study.sizes:
+        a = size.analysis
+        if a is None:
+            blocks.append(("p", f"Size {size.label}: no finished comparison run."))
+            continue
+        for row in a.rows:
+            r = next((x for x in rows if x["size"] == size.label and x["experiment"] == row["experiment"]), None)
+            arm_rows.append([size.label, row["experiment"], (r or {}).get("chosen") or "-", fmt_params(row["params"]),
+                             str(row["n"]), fmt_tokens(row["tokens"]), _fmt_flops(size_flops(size, row["experiment"])),
+                             fmt_mean_std(row["nll_mean"], row["nll_std"], row["n"])])
+        header = header or ["size", comparison_header(a)[0]] + comparison_header(a)[1:]
+        fam_rows += [[size.label] + cells for cells in comparison_rows(a)]
+    blocks.append(("table", ["size", "experiment", f"tuned {study.key}" if study.key else "tuned", "params",
+                             "seeds", "tokens", "train FLOPs", "val NLL (mean ± std)"], arm_rows))
+    if fam_rows:
+        blocks.append(("table", header, fam_rows))
+        kind = next(s.analysis.family_kind for s in study.sizes if s.analysis)
+        blocks.append(("p", f"Each size is its own family: paired on seed, 95% CI from Student t, Holm-Bonferroni "
+                            f"over that size's {kind} at family-wise 5% (the per-size report's statistics)."))
+    blocks.append(("h", "Δ against training compute"))
+    blocks.append(("img", pngs["compute"]))
+
+    blocks.append(("h", "Compute multiplier"))
+    method, ms, notes = mult
+    blocks.append(("p", method))
+    if ms:
+        blocks.append(("table", ["size", "arm", "val NLL", "arm FLOPs", f"{ref} FLOPs for that NLL", "multiplier",
+                                 "95% interval", "warning"],
+                       [[m.size, m.experiment, f"{m.loss:.4f}", _fmt_flops(m.flops), _fmt_flops(m.base_flops),
+                         _fmt_mult(m.value), f"[{_fmt_mult(m.interval[0])}, {_fmt_mult(m.interval[1])}]"
+                         if m.interval else "n/a", m.warning or ""] for m in ms]))
+        blocks.append(("p", "A multiplier above 1 means the arm reaches its loss with less compute than the "
+                            f"{ref} needs for it (2.00x: the {ref} needs twice the compute)."))
+        for m in ms:
+            if m.warning:
+                blocks.append(("warn", f"WARNING: size {m.size}, {m.experiment}: {m.warning}."))
+    blocks += [("p", n) for n in notes]
+
+    blocks.append(("h", "Failed, diverged and missing runs"))
+    problems = [p for s in study.sizes for p in s.problems]
+    blocks.append(("p", "; ".join(problems) + "." if problems else "None: every run that was started finished."))
+    blocks += [("warn" if n.startswith("WARNING") else "p", n) for n in study.notes]
+    return blocks
+
+
+def write_study_md(path, title, blocks):
+    parts = [f"# {title}", ""]
+    for b in blocks:
+        if b[0] == "h":
+            parts += [f"## {b[1]}", ""]
+        elif b[0] == "p":
+            parts += [b[1], ""]
+        elif b[0] == "warn":
+            parts += [f"**{b[1]}**", ""]
+        elif b[0] == "table":
+            parts += [_md_table(b[1], b[2]), ""]
+        elif b[0] == "img":
+            parts += [f"![{Path(b[1]).stem}]({Path(b[1]).name})", ""]
+    Path(path).write_text("\n".join(parts), encoding="utf-8")
+
+
+def write_study_pdf(path, title, blocks, figures):
+    """A4 pages top to bottom: text and tables flow onto the next page when full; a figure ({png path: its
+    matplotlib figure}) gets a page of its own, drawn as vectors."""
+    from matplotlib.backends.backend_pdf import PdfPages
+    plt = _pyplot()
+    page_pt = A4_PORTRAIT[1] * 72
+    line_h = lambda size: size * 1.3 / page_pt
+    with PdfPages(path) as pdf:
+        fig, y = None, 0.0
+
+        def new_page():
+            nonlocal fig, y
+            if fig is not None:
+                pdf.savefig(fig)
+                plt.close(fig)
+            fig, y = plt.figure(figsize=A4_PORTRAIT), 0.96
+
+        new_page()
+        fig.text(0.5, 0.98, textwrap.shorten(title, 90), ha="center", va="top", fontsize=12, weight="bold",
+                 parse_math=False)
+        y = 0.95
+        for b in blocks:
+            if b[0] == "img":
+                pdf.savefig(figures[b[1]])
+                continue
+            if b[0] == "table":
+                chunk, rows = 0, list(b[2])
+                while rows:
+                    fit = int((y - 0.04) / 0.0135) - 1
+                    if fit < 2:
+                        new_page()
+                        continue
+                    chunk, rows = rows[:fit], rows[fit:]
+                    h = 0.0135 * (len(chunk) + 1)
+                    _draw_table(fig, [0.03, y - h, 0.94, h], b[1], chunk, 6.5)
+                    y -= h + 0.01
+                continue
+            size = 10 if b[0] == "h" else 7.5
+            lines = textwrap.wrap(b[1], 125 if b[0] != "h" else 90) or [""]
+            if y - line_h(size) * len(lines) < 0.03:
+                new_page()
+            kw = {"weight": "bold"} if b[0] in ("h", "warn") else {}
+            if b[0] == "warn":
+                kw["color"] = "#c00000"
+            fig.text(0.04, y, "\n".join(lines), va="top", fontsize=size, linespacing=1.3, parse_math=False, **kw)
+            y -= line_h(size) * len(lines) + 0.008
+        pdf.savefig(fig)
+        plt.close(fig)
+
+
+def write_study_report(root, pdf_path=None, n_boot=N_BOOT):
+    """Read the study in root and write study_report.pdf/.md and its two PNG figures (next to the PDF).
+    Returns (Study, tuning rows, multipliers (method, [Multiplier], notes), paths)."""
+    study = load_study(root)
+    pdf_path = Path(pdf_path) if pdf_path else study.root / "study_report.pdf"
+    pdf_path.parent.mkdir(parents=True, exist_ok=True)
+    stem = pdf_path.with_suffix("")
+    pngs = {"sensitivity": Path(f"{stem}_sensitivity.png"), "compute": Path(f"{stem}_compute.png")}
+    rows = tuning_rows(study)
+    figures = {pngs["compute"]: delta_compute_figure(study)}
+    if study.key:
+        figures[pngs["sensitivity"]] = sensitivity_figure(study, rows)
+    else:
+        del pngs["sensitivity"]
+    mult = compute_multipliers(study, n_boot)
+    title = f"gpt-ablate study report: {study.root.resolve().name}"
+    blocks = study_blocks(study, rows, mult, pngs)
+    md_path = pdf_path.with_suffix(".md")
+    write_study_md(md_path, title, blocks)
+    try:
+        for png, fig in figures.items():
+            fig.savefig(png, dpi=110)
+        write_study_pdf(pdf_path, title, blocks, figures)
+    finally:
+        for fig in figures.values():
+            _pyplot().close(fig)
+    return study, rows, mult, [pdf_path, md_path, *pngs.values()]
+
+
+def study_main(args):
+    """python plot.py --study OUT [-o OUT/study_report.pdf]: write the study report, print where."""
+    if args.out and Path(args.out).suffix != ".pdf":
+        raise UsageError(f"-o with --study names the report's PDF (ending in .pdf), got '{args.out}'")
+    study, rows, (method, ms, notes), paths = write_study_report(args.study, args.out)
+    print(method)
+    for m in ms:
+        interval = f"[{_fmt_mult(m.interval[0])}, {_fmt_mult(m.interval[1])}]" if m.interval else "n/a"
+        print(f"size {m.size}, {m.experiment}: {_fmt_mult(m.value)} {interval}" + (f"  ({m.warning})" if m.warning else ""))
+    for n in notes:
+        print(n)
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+# -----------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse's default also prints the usage)
@@ -1544,6 +2237,9 @@ def get_args(argv=None):
     p.add_argument("--sample_tokens", type=int, default=40, help="report: new tokens per sample")
     p.add_argument("--sample_seed", type=int, default=1337, help="report: sampling seed (same for all)")
     p.add_argument("--no_samples", action="store_true", help="report: skip generating samples")
+    p.add_argument("--study", default=None, metavar="OUT",
+                   help="write the report of the study in OUT (ablate.py's layout): OUT/study_report.pdf, .md and "
+                        "two PNG figures; -o names the PDF")
     g = p.add_argument_group("designs")
     g.add_argument("--print-design", action="store_true", help="print the experiments of a design and exit")
     g.add_argument("--design", default=None, help=f"one of {', '.join(DESIGNS)} (default one-at-a-time)")
@@ -1573,6 +2269,10 @@ def main(argv=None):
             return 0
         if args.design or args.switches is not None or args.switch or args.format != "json":
             raise UsageError("--design, --switches, --switch and --format only go with --print-design")
+        if args.study:
+            if args.logs or args.report:
+                raise UsageError("--study takes no log files and no --report (-o names the study report's PDF)")
+            return study_main(args)
         if not args.logs:
             raise UsageError("no log files given (usage: python plot.py out/*/log.txt [-o nll.png])")
         if args.smooth is not None and not 0 <= args.smooth < 1:
