@@ -5,9 +5,13 @@ gpt-ablate: train a minGPT-style GPT-2 on JSONL text and ablate five changes to 
     python train.py config/baseline.py --use_rmsnorm=True # a config file, then overrides
     python train.py --help                                # every key, its default and meaning
 
-Reads top to bottom: configuration, tokenizer, JSONL data, the GPT (one visible `if` per switch),
-get_lr, checkpoints, the training loop, main(). Importing this file has no side effects;
-sample.py, plot.py and the tests import from it.
+Reads top to bottom: the configuration, the GPT (one visible `if` per switch), the learning-rate
+schedule, the training loop, main(); then the plumbing, which changes nothing that is trained: a run's
+set-up, time budgets, config files and the command line, the tokenizer, the JSONL data (training,
+tuning and validation split), the demo corpus, the fused loss, devices/checkpoints/logs, speed and DDP.
+Importing this file has no side effects; sample.py, plot.py, ablate.py and the tests import from it.
+Training is all it does: studies (designs, stages, sizes, budgets) are ablate.sh/ablate.py's, results
+(statistics, figures, reports) plot.py's.
 
 The five switches (all False = the minGPT baseline):
     use_swiglu   MLP down(silu(gate(x)) * up(x)), hidden size param-matched to the 4*n_embd GELU MLP
