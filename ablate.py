@@ -87,6 +87,7 @@ def get_args(argv):
     p.add_argument("--design")
     p.add_argument("--switches")
     p.add_argument("--switch", action="append", default=[])
+    p.add_argument("--experiments")
     p.add_argument("--seeds", default="1")
     p.add_argument("--out", default="out/ablate")
     p.add_argument("--tune")
@@ -171,6 +172,14 @@ def make_study(args):
         design = plot.make_design(args.design or "one-at-a-time", plot.choose_switches(names, args.switch))
     except plot.UsageError as e:
         raise UsageError(f"design: {e}") from None
+    if args.experiments:  # a subset of the design's experiments, e.g. baseline,rope,all
+        keep = [n.strip() for n in args.experiments.split(",") if n.strip()]
+        names = [e["name"] for e in design["experiments"]]
+        unknown = [n for n in keep if n not in names]
+        if unknown or not keep:
+            raise UsageError(f"--experiments: {', '.join(unknown) or 'none given'} not in the design "
+                             f"(its experiments: {', '.join(names)})")
+        design["experiments"] = [e for e in design["experiments"] if e["name"] in keep]
     value_keys = {s["key"] for s in design["switches"] if s["off"] is None}
     tune = None
     if args.tune:
@@ -670,7 +679,8 @@ def describe_rc(rc):
 def ablate_args(args):
     """The ablate.sh arguments of this study (the same command in every array task)."""
     out = ["--seeds", args.seeds, "--out", args.out]
-    for o, v in (("--design", args.design), ("--switches", args.switches), ("--tune", args.tune),
+    for o, v in (("--design", args.design), ("--switches", args.switches), ("--experiments", args.experiments),
+                 ("--tune", args.tune),
                  ("--budget", args.budget), ("--tokens", args.tokens), ("--tokens-per-param", args.tokens_per_param)):
         if v:
             out += [o, v]
@@ -851,6 +861,7 @@ OPTIONS = """\
   --tune KEY=v1,v2,...   tune KEY per arm (e.g. learning_rate=1e-3,3e-3,1e-2): a tuning stage runs every arm
                          at every value on the tuning set (needs --tune_docs=K for train.py) and picks each
                          arm's best; the comparison stage runs each arm at its choice (OUT/[SIZE/]choice.json)
+  --experiments a,b,..   only these experiments of the design (e.g. baseline,rope,all)
   --tune-seeds M         tuning seeds per value (default 1): seeds 1001..1000+M, never comparison seeds
   --scale KEY=v1,v2,...  sizes (repeatable; the i-th values of every --scale key make size i), each in
                          OUT/<KEY=v+KEY2=w>/

@@ -81,7 +81,7 @@ for a in "$@"; do
     case $a in
         --) break ;;
         --tune|--tune=*|--tune-seeds|--tune-seeds=*|--scale|--scale=*|--tokens|--tokens=*|--tokens-per-param|\
-        --tokens-per-param=*|--jobs|--jobs=*|--stage|--stage=*|--submit)
+        --tokens-per-param=*|--jobs|--jobs=*|--stage|--stage=*|--submit|--experiments|--experiments=*)
             exec "$PY" "$SCRIPT_DIR/ablate.py" "$@" ;;
     esac
 done
@@ -497,6 +497,28 @@ elif [[ -n $USER_MAX_TIME && $USER_MAX_TIME != 0 && ${USER_MAX_TIME,,} != none ]
 fi
 
 # ------------------------------------------------------------------ runs
+T0=$SECONDS
+RAN=0   # runs finished by this command: the rate behind the time left
+
+fmt_secs() { if (($1 >= 3600)); then printf '%dh%02dm' $(($1 / 3600)) $(($1 % 3600 / 60)); else printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); fi; }
+
+progress() {  # progress WHAT: "[k/N runs done] WHAT; elapsed ..., about ... left" (k: results.json on disk)
+    local done=0 i seed el n msg
+    for ((i = 0; i < NEXP; i++)); do
+        for ((seed = 1; seed <= SEEDS; seed++)); do
+            [[ ! -f $(run_dir "${EXP_NAMES[$i]}" "$seed")/results.json ]] || done=$((done + 1))
+        done
+    done
+    if [[ -n $TASK ]]; then  # an array task: since the ablation began (design.json), at the rate of all tasks
+        el=$(($(date +%s) - $(stat -c %Y "$DESIGN_JSON" 2>/dev/null || date +%s))); n=$done
+    else
+        el=$((SECONDS - T0)); n=$RAN
+    fi
+    msg="[$done/$NTASKS runs done] $1; elapsed $(fmt_secs "$el")"
+    if ((n > 0 && done < NTASKS)); then msg+=", about $(fmt_secs $((el * (NTASKS - done) / n))) left"; fi
+    echo "$PROG: $msg" >&2
+}
+
 run_one() {  # run_one EXP_INDEX SEED: skip / resume / run; exits on failure
     local i=$1 seed=$2 exp rc dir what
     exp=${EXP_NAMES[$i]}
@@ -526,7 +548,8 @@ run_one() {  # run_one EXP_INDEX SEED: skip / resume / run; exits on failure
         echo "$PROG: $what: $exp seed $seed exited with code $rc ($(describe_rc "$rc")); out_dir $dir" >&2
         exit "$rc"
     fi
-    echo "$PROG: done $exp seed $seed" >&2
+    RAN=$((RAN + 1))
+    progress "done $exp seed $seed"
 }
 
 # the ablate.sh arguments that define this ablation (for the sbatch line and the report rerun)

@@ -259,6 +259,23 @@ def test_full_ablation_runs_every_experiment_x2_with_right_dirs_and_switches(env
     assert json.loads((out / "design.json").read_text()) == design()[1]
 
 
+def test_a_progress_line_per_finished_run_with_elapsed_and_time_left(env):
+    """Issue 15 item 5: after each run, runs done / total, the elapsed time and the time left; an array
+    task counts the runs finished on disk (every task's)."""
+    out = env["tmp"] / "out"
+    r = bash(env, "ablate.sh", "--seeds", "2", "--out", str(out), "--no-report", "config/x.py")
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "runs done]" in ln]
+    assert len(lines) == 14
+    for k, (ln, (exp, seed)) in enumerate(zip(lines, [(e, s) for e in EXPS for s in (1, 2)]), 1):
+        assert re.match(rf"ablate.sh: \[{k}/14 runs done\] done {exp} seed {seed}; elapsed \d+m\d\ds", ln), ln
+        assert (", about " in ln and ln.endswith(" left")) == (k < 14), ln
+    (out / "baseline" / "seed1" / "results.json").unlink()
+    r = bash(env, "ablate.sh", "--seeds", "2", "--out", str(out), "--task", "0", "config/x.py")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"\[14/14 runs done\] done baseline seed 1; elapsed \d+m\d\ds$", r.stderr.strip()), r.stderr
+
+
 def test_switches_are_explicit_even_for_baseline(env):
     """A config that turns a switch on cannot leak it into the baseline: the explicit
     --use_x=False comes after the config on the command line."""

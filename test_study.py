@@ -327,11 +327,19 @@ def test_per_size_token_budgets_are_printed_before_any_run(fake):
     (["--tokens", "1M", "--budget", "1h"], "--tokens and --budget: choose one budget rule"),
     (["--seed=3"], "the study sets --seed itself"),
     (["--jobs", "0"], "--jobs must be a positive integer"),
+    (["--experiments", "baseline,nope"], "--experiments: nope not in the design (its experiments: baseline, rope)"),
 ])
 def test_study_errors_are_one_line(fake, args, message):
     r = study(fake, "--switches", "rope", *[a for a in STUDY_ARGS if not a.startswith("--max_iters")], *args)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert not fake["OUT"].exists() and calls(fake) == []
+
+
+def test_experiments_keeps_a_subset_of_the_design(fake):
+    r = study(fake, "--switches", "rope,swiglu", "--experiments", "baseline,all", "--no-report", *STUDY_ARGS)
+    assert r.returncode == 0, r.stderr
+    assert sorted(opts(c)["out_dir"].rsplit("/", 2)[1] for c in calls(fake)) == ["all", "baseline"]
+    assert [e["name"] for e in json.loads((fake["OUT"] / "design.json").read_text())["experiments"]] == ["baseline", "all"]
 
 
 def test_jobs_run_at_once_with_one_progress_line_per_run(fake):
