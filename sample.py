@@ -3,15 +3,33 @@ Generate text from a gpt-ablate checkpoint (any switch combination; the model is
 checkpoint's own config).
 
     python sample.py --ckpt out/ckpt.pt --prompt "def main(" --num_samples 3 --max_new_tokens 200
+
+Each run keeps its checkpoint in its own folder (out/baseline/ckpt.pt, out/rmsnorm/ckpt.pt, ...): a --ckpt
+FOLDER/ckpt.pt that is not a file means the most recently saved ckpt.pt under FOLDER, so the default
+out/ckpt.pt is the run trained last. Which checkpoint was loaded is printed (to stderr) first.
 """
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from train import EXIT_USER_ERROR, UserError, get_tokenizer, load_checkpoint, model_from_checkpoint, pick_device
+from train import (EXIT_USER_ERROR, UserError, get_tokenizer, load_checkpoint, model_from_checkpoint, pick_device,
+                   switches_name)
+
+
+def resolve_checkpoint(path):
+    """path if it is a file; for a missing FOLDER/ckpt.pt, the most recently saved ckpt.pt in FOLDER's runs
+    (at any depth), if there is one. -> (the path to load, True if it was found that way)."""
+    path = Path(path)
+    if path.is_file() or path.name != "ckpt.pt" or not path.parent.is_dir():
+        return path, False
+    runs = [p for p in path.parent.glob("**/ckpt.pt") if p.is_file()]
+    if not runs:
+        return path, False
+    return max(runs, key=lambda p: p.stat().st_mtime), True
 
 
 def load_model(ckpt_path, device="cpu"):
@@ -41,7 +59,8 @@ def generate_samples(ckpt_path, prompt, num_samples=1, max_new_tokens=100, tempe
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Sample from a gpt-ablate checkpoint.")
-    p.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint file (default out/ckpt.pt)")
+    p.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint file; a missing FOLDER/ckpt.pt means the most "
+                   "recently saved one under FOLDER (default out/ckpt.pt: the run trained last)")
     p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
     p.add_argument("--num_samples", type=int, default=3)
     p.add_argument("--max_new_tokens", type=int, default=200)
@@ -54,14 +73,19 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         device = pick_device(args.device)
-        model, cfg = load_model(args.ckpt, device)
+        path, latest = resolve_checkpoint(args.ckpt)
+        ckpt = load_checkpoint(path, device)
+        model, cfg = model_from_checkpoint(ckpt, device)
+        model.eval()
         if args.block_size < 0:
             raise UserError(f"--block_size must be >= 0 (0 = the model's), got {args.block_size}")
         if args.block_size > cfg.block_size:
             raise UserError(f"--block_size {args.block_size} is larger than the model's block_size "
                             f"{cfg.block_size} (its position tables end there)")
+        print(f"checkpoint {path}" + (f" (the most recent under {Path(args.ckpt).parent})" if latest else "")
+              + f": {switches_name(cfg)}, step {ckpt.get('step', '?')}", file=sys.stderr)
         t0 = time.time()
-        texts = generate_samples(args.ckpt, args.prompt, args.num_samples, args.max_new_tokens,
+        texts = generate_samples(path, args.prompt, args.num_samples, args.max_new_tokens,
                                  args.temperature, args.top_k or None, args.seed, device,
                                  use_cache=not args.no_cache, model=model, window=args.block_size or None)
     except UserError as e:

@@ -265,7 +265,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(corpus, tmp_path, 
 def test_keep_ckpts_keeps_the_last_k(corpus, tmp_path):
     kw = dict(max_iters=9, ckpt_interval=2, keep_ckpts=3, use_swiglu=False, use_rope=False)
     (tmp_path / "ckpt_100.pt").write_text("from an older run in this folder")
-    train.train(config(corpus, tmp_path, **kw))
+    train.train(config(corpus, tmp_path, overwrite=True, **kw))  # (without overwrite: refused, test_commands.py)
     kept = sorted(p.name for p in tmp_path.glob("ckpt*.pt"))
     assert kept == ["ckpt.pt", "ckpt_6.pt", "ckpt_8.pt"]
     for name, step in (("ckpt.pt", 9), ("ckpt_6.pt", 6), ("ckpt_8.pt", 8)):

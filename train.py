@@ -31,6 +31,7 @@ import math
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from contextlib import nullcontext
@@ -74,7 +75,8 @@ def switch(help, shape, ablate=True):
 class Config:
     # data
     data_path: str = opt("", "a .jsonl file, a folder of them, or a glob; empty = the built-in demo corpus")
-    out_dir: str = opt("out", "folder for log.txt, results.json and ckpt.pt")
+    out_dir: str = opt("out/{switches}", "the run's folder (log.txt, results.json, ckpt.pt); {switches} becomes "
+                                        "the switches that are on: out/baseline, out/rmsnorm, out/swiglu+rope, ...")
     val_docs: int = opt(1000, "the last val_docs usable documents are the validation set")
     tune_docs: int = opt(0, "the tune_docs usable documents just before the validation set are the tuning set "
                             "(held out from training too; 0 = none)")
@@ -121,6 +123,13 @@ class Config:
     resume: str = opt("false", "false: start afresh; true: continue from out_dir/ckpt.pt; auto: continue this "
                               "run if out_dir holds its checkpoint, do nothing if it holds its results",
                       choices=("false", "true", "auto"))
+    overwrite: bool = opt(False, "delete the run already in out_dir (log, results, checkpoints, TensorBoard events) "
+                                 "and start afresh; without it such an out_dir is refused")
+    tensorboard: bool = opt(False, "also log to TensorBoard event files in out_dir (pip install tensorboard)")
+    wandb: str = opt("off", "also log to Weights & Biases: off, offline (no network; wandb sync later) or online",
+                     choices=("off", "offline", "online"))
+    wandb_project: str = opt("gpt-ablate", "W&B project")
+    wandb_run_name: str = opt("", "W&B run name; empty = out_dir")
     # system
     device: str = opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     dtype: str = opt("auto", "autocast precision: auto, float32, bfloat16 or float16",
@@ -398,10 +407,12 @@ def train(cfg, stop=None, ddp=None):
             run.tokens += x.numel() * run.ddp.world  # every process trained on as many
             reason = run.stop_reason()
             run.after_step(loss, lr, reason)  # log, evaluate, checkpoint; on a signal: save and exit 75
+        return run.finish(reason)  # final evaluation on the whole validation set, checkpoint, results.json
     except BaseException:  # an error, a NaN, a stop signal: let go of the data workers, the log, the handlers
         run.close()
         raise
-    return run.finish(reason)  # final evaluation on the whole validation set, checkpoint, results.json
+    finally:
+        run.unlock()  # the out_dir is free for the next run
 
 
 def train_step(run, optimizer, scaler, x, y):
@@ -461,23 +472,45 @@ def config_value(config, key):
     return config.get(key, CONFIG_FIELDS[key].default)
 
 
+# Keys that say how a run is run, watched or kept, not what it trains or measures: the only keys in which
+# a finished run may differ from this config and still be this run ("already finished; nothing to do").
+HOW_KEYS = ("out_dir", "resume", "overwrite", "device", "num_workers", "compile", "fused_loss", "ckpt_interval",
+            "keep_ckpts", "tensorboard", "wandb", "wandb_project", "wandb_run_name")
+
+
+def differing(config, cfg):
+    """The keys (other than HOW_KEYS) in which a saved config (a dict) differs from cfg."""
+    return [k for k in CONFIG_FIELDS if k not in HOW_KEYS and config_value(config, k) != getattr(cfg, k)]
+
+
+def run_files(out):
+    """The files of a run in out: what a fresh run there would replace."""
+    names = [out / "log.txt", out / "results.json", out / "ckpt.pt"]
+    return [f for f in names if f.is_file()] + sorted(out.glob("ckpt_*.pt")) + sorted(out.glob("events.out.tfevents.*"))
+
+
 class Run:
     """The state of one training run around train()'s loop: set-up (out_dir, resume, data, model,
     optimizer, the planned length), the data stream, the log, evaluations, checkpoints, the stop
     condition and the results. Rank 0 alone writes files."""
 
     def __init__(self, cfg, stop, ddp):
+        cfg = dataclasses.replace(cfg, out_dir=out_dir_of(cfg))  # (a Config made in code may hold {switches})
         self.cfg, self.stop, self.ddp = cfg, stop, ddp
         self.out = Path(cfg.out_dir)
         self.ckpt_path, self.log_path = self.out / "ckpt.pt", self.out / "log.txt"
         self.max_time = parse_duration(cfg.max_time)
-        self.finished = None
+        self.finished, self.lock, self.trackers = None, None, []
         check_writable(self.out)
         self.stop.install()  # from the start: SLURM's warning can come while the data or the model load
         try:
+            if ddp.is_main:  # one process at a time in an out_dir, for the whole run
+                self.lock = lock_out_dir(self.out)
+                require_trackers(cfg)  # a missing package is an error now, not after the data has loaded
             self.set_up()
-        except BaseException:  # a user error in the set-up: leave the signals as they were
+        except BaseException:  # a user error in the set-up: leave the signals and the out_dir as they were
             self.stop.uninstall()
+            self.unlock()
             raise
 
     # --- set-up ---------------------------------------------------------------------------------
@@ -486,6 +519,7 @@ class Run:
         ckpt = self.checkpoint_to_resume()
         if self.finished:
             self.stop.uninstall()
+            self.unlock()
             return
         cfg, ddp = self.cfg, self.ddp
         b = build(cfg, ddp)  # device, precision, data, model, optimizer
@@ -515,25 +549,72 @@ class Run:
         self.t_window, self.tokens_window, self.overhead_window = time.time(), self.tokens, self.overhead()
 
     def checkpoint_to_resume(self):
-        """The checkpoint this run continues from, or None for a fresh start, following --resume:
-        false: none; true: out_dir/ckpt.pt, which must exist; auto: out_dir's checkpoint if it is of this
-        same run (a foreign one is refused), none if there is none; and if out_dir holds this run's
-        results.json the run is already finished (self.finished)."""
+        """The checkpoint this run continues from, or None for a fresh start, following --resume and
+        never erasing another run: true: out_dir/ckpt.pt, which must exist; auto: out_dir's checkpoint if
+        it is of this same run (a foreign one is refused); false or auto with no checkpoint of this run:
+        a fresh start (start_afresh). If out_dir holds this run's results.json it is already finished
+        (self.finished): nothing to do (unless --resume=false --overwrite=True asks to train it again)."""
         cfg, mode = self.cfg, str(self.cfg.resume).lower()  # (a Config made in code may hold True/False)
-        if mode == "false":
-            return None
-        if mode == "auto":
-            results = read_results(self.out / "results.json")
-            same = MODEL_KEYS + RUN_KEYS + ("max_iters", "max_time")
-            if results and all(config_value(results["config"], k) == getattr(cfg, k) for k in same):
-                print(f"{self.out}: this run already finished (val nll {results.get('val_nll')}); nothing to do")
-                self.finished = results
-                return None
+        if mode == "true":
             if not self.ckpt_path.is_file():
-                return None
-        elif not self.ckpt_path.is_file():
-            raise UserError(f"--resume=True but there is no checkpoint at {self.ckpt_path}")
-        ckpt = load_checkpoint(self.ckpt_path, "cpu")
+                raise UserError(f"--resume=True but there is no checkpoint at {self.ckpt_path}")
+            return self.check_checkpoint(load_checkpoint(self.ckpt_path, "cpu"), mode)
+        results = read_results(self.out / "results.json")
+        if results and not differing(results["config"], cfg) and not (mode == "false" and cfg.overwrite):
+            print(f"{self.out}: this run already finished (val nll {results.get('val_nll')}); nothing to do")
+            self.finished = results
+            return None
+        if mode == "auto" and self.ckpt_path.is_file():
+            try:
+                ckpt = self.check_checkpoint(load_checkpoint(self.ckpt_path, "cpu"), mode)
+            except UserError:  # the checkpoint of another run: refused, or deleted below with --overwrite=True
+                if not cfg.overwrite:
+                    raise
+                ckpt = None
+            if ckpt is not None and not results:
+                return ckpt
+        self.start_afresh(mode, results)
+        return None
+
+    def start_afresh(self, mode, results):
+        """A fresh start needs an out_dir without a run in it. A run found there (log, results, checkpoints)
+        is refused, named, with the ways out; --overwrite=True deletes its files instead (and says so).
+        With --resume=auto, this same run stopped before its first checkpoint simply starts again."""
+        files = run_files(self.out)
+        if not files:
+            return
+        log = read_log(self.log_path) if self.log_path.is_file() else []
+        start = next((r for r in log if r.get("event") == "start" and isinstance(r.get("config"), dict)), None)
+        other = results["config"] if results else start["config"] if start else None
+        differ = differing(other, self.cfg) if other is not None else None
+        has_ckpt = self.ckpt_path.is_file()
+        if mode == "auto" and not results and not has_ckpt and differ == []:
+            print(f"{self.out}: this run stopped before its first checkpoint; starting it again")
+        elif self.cfg.overwrite:
+            print(f"--overwrite=True: deleting the run in {self.out} ({', '.join(sorted(f.name for f in files))})")
+        else:
+            step = max((r.get("step", 0) for r in log), default=None)
+            what = (f"a finished run (val nll {results.get('val_nll', math.nan):.4f})" if results else
+                    f"an unfinished run (checkpoint ckpt.pt, log up to step {step})" if has_ckpt else
+                    f"the log of a run stopped at step {step} before its first checkpoint" if log else
+                    "a run's files (" + ", ".join(sorted(f.name for f in files)) + ")")
+            if differ:
+                shown = differ[:4]
+                what += (" that has " + ", ".join(f"{k}={config_value(other, k)!r}" for k in shown)
+                         + " but the config says " + ", ".join(f"{k}={getattr(self.cfg, k)!r}" for k in shown)
+                         + (f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""))
+            go_on = ("--resume=auto to continue it" if not differ else "--resume=True to continue it with this "
+                     "config" if not set(differ or ()) & set(MODEL_KEYS) else None) if has_ckpt and not results else None
+            ways = ["another --out_dir", *([go_on] if go_on else []), "--overwrite=True to delete it and start afresh"]
+            raise UserError(f"{self.out} already holds {what}; nothing was changed. Use "
+                            + ", ".join(ways[:-1]) + " or " + ways[-1])
+        for f in files:
+            f.unlink(missing_ok=True)
+
+    def check_checkpoint(self, ckpt, mode):
+        """ckpt if this run can continue from it; refused if it holds no training state or another model
+        shape (and, with auto, another run's data or seeds); with true, changed data or seeds warn."""
+        cfg = self.cfg
         missing = [k for k in ("optimizer", "step", "tokens", "elapsed", "horizon", "data", "loss_window", "rng")
                    if k not in ckpt]
         if missing:
@@ -572,8 +653,9 @@ class Run:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
     def open_log(self, ckpt):
-        """log.txt, one JSON event per line. On resume it is cut back to the checkpoint's step (steps
-        never repeat); a fresh run replaces the log and the older checkpoints of the run it replaces."""
+        """log.txt, one JSON event per line (and TensorBoard / W&B when asked). On resume it is cut back to
+        the checkpoint's step (steps never repeat); a fresh run starts in an out_dir without a run's files
+        (start_afresh saw to that)."""
         if not self.ddp.is_main:
             self.log_path = Path(os.devnull)  # rank 0 alone writes the log
         elif ckpt is not None and self.log_path.is_file():
@@ -581,16 +663,24 @@ class Run:
             tmp = self.log_path.with_name("log.txt.tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             os.replace(tmp, self.log_path)
-        elif ckpt is None:
-            self.log_path.unlink(missing_ok=True)
-            for old in self.out.glob("ckpt_*.pt"):
-                old.unlink()
         self.log_file = open(self.log_path, "a", buffering=1)
+        if self.ddp.is_main:
+            self.open_trackers(ckpt)
         if ckpt is None:
             self.log("start", config=dataclasses.asdict(self.cfg), params=self.params, horizon=self.horizon,
                      device=self.device, dtype=self.dtype)
         else:
             self.log("resume", tokens=self.tokens, elapsed=round(self.elapsed_before, 3))
+
+    def open_trackers(self, ckpt):
+        """TensorBoard and W&B, when asked: the same numbers as log.txt's rows. A resumed run continues the
+        same curves: TensorBoard drops the events after the checkpoint's step (purge_step, as log.txt is cut
+        back), W&B continues the run whose id the checkpoint holds."""
+        resumed = ckpt is not None
+        if self.cfg.tensorboard:
+            self.trackers.append(TensorBoardLog(self.out, purge_step=self.step + 1 if resumed else None))
+        if self.cfg.wandb != "off":
+            self.trackers.append(WandbLog(self.cfg, self.out, ckpt.get("wandb_id") if resumed else None))
 
     def plan_horizon(self):
         """max_time: the number of steps that fit in the budget, known before the first step (a short
@@ -613,6 +703,8 @@ class Run:
     # --- during the run -------------------------------------------------------------------------
     def log(self, event, **row):
         self.log_file.write(json.dumps({"event": event, "step": self.step, **row}) + "\n")
+        for tracker in self.trackers:
+            tracker.log(event, self.step, row)
 
     def elapsed(self):
         """Seconds of this run so far, all attempts together."""
@@ -724,10 +816,13 @@ class Run:
                 "data": self.stream.state_dict(), "params": self.params,
                 "loss_window": (window_sum, self.loss_count), "last_good": self.last_good,
                 "scaler": self.scaler.state_dict(), **({"ranks": ranks} if self.ddp.enabled else {}),
+                "wandb_id": next((t.id for t in self.trackers if isinstance(t, WandbLog)), None),
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if self.device_type == "cuda" else []}},
                 keep_as=keep)
             prune_checkpoints(self.out, self.cfg.keep_ckpts)
+            for tracker in self.trackers:  # their files reach at least this checkpoint's step
+                tracker.flush()
         self.saved_step = self.step
         self.ddp.barrier()  # none exits mid-save
         self.times["ckpt"] += time.time() - t0
@@ -736,6 +831,14 @@ class Run:
         self.stop.uninstall()
         self.stream.close()
         self.log_file.close()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
+
+    def unlock(self):  # the very last thing a run does (twice is fine)
+        if self.lock is not None:
+            self.lock.unlink(missing_ok=True)
+            self.lock = None
 
     # --- the end --------------------------------------------------------------------------------
     def finish(self, reason):
@@ -885,6 +988,44 @@ def check_writable(out):
         probe.unlink()
     except OSError as e:
         raise UserError(f"out_dir {out} is not writable: {e.strerror or e}") from None
+
+
+def lock_out_dir(out):
+    """Take out/.lock (this host and pid) with an exclusive create, so that a second process into the same
+    out_dir is refused rather than writing over this run. A lock left by a process that is gone, on this
+    host, is taken over; one from another host is refused (its file named: remove it if that job is gone)."""
+    path, host = out / ".lock", socket.gethostname()
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                text = path.read_text()
+            except FileNotFoundError:  # released meanwhile: try again
+                continue
+            owner, _, pid = text.strip().rpartition(" ")
+            if owner == host and pid.isdigit() and not process_alive(int(pid)):
+                if path.read_text() == text:  # (still the dead process's lock)
+                    print(f"{out}: taking over the lock of process {pid}, which is gone")
+                    path.unlink(missing_ok=True)
+                continue
+            raise UserError(f"{out} is in use by process {pid or '?'} on {owner or '?'} (lock file {path}): "
+                            "wait for that run to end or use another --out_dir (if that process is gone, "
+                            "delete the lock file)") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{host} {os.getpid()}\n")
+        return path
+    raise UserError(f"could not take the lock {path}: other processes keep taking it")
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # (someone else's process)
+        return True
+    return True
 
 
 def read_results(path):
@@ -1058,8 +1199,20 @@ def parse_args(argv):
             for key, value in read_config_file(arg).items():
                 values[key] = coerce(key, value, f"config file {arg}")
     cfg = Config(**values)
+    cfg.out_dir = out_dir_of(cfg)
     check_config(cfg)
     return cfg
+
+
+def switches_name(cfg):
+    """The switches that are on, joined by '+' ('swiglu+rope'), or 'baseline' when none is."""
+    return "+".join(name for name, key in SWITCHES.items() if getattr(cfg, key)) or "baseline"
+
+
+def out_dir_of(cfg):
+    """cfg.out_dir with {switches} filled in: each switch combination gets its own folder by default, so a
+    run with another switch never lands in (and is never refused by) the baseline's folder."""
+    return cfg.out_dir.replace("{switches}", switches_name(cfg))
 
 
 def check_config(cfg):
@@ -1922,6 +2075,76 @@ def model_from_checkpoint(ckpt, device="cpu"):
     except RuntimeError as e:
         raise UserError(f"checkpoint weights do not fit its config: {str(e).splitlines()[0]}") from None
     return model.to(device), cfg
+
+
+def require_trackers(cfg):
+    """TensorBoard and W&B are optional packages: one clear line if one is asked for and not installed."""
+    if cfg.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise UserError("--tensorboard=True needs the tensorboard package: pip install tensorboard") from None
+    if cfg.wandb != "off":
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError(f"--wandb={cfg.wandb} needs the wandb package: pip install wandb") from None
+
+
+# log.txt's numbers as TensorBoard / W&B scalars: {event: {row key: tag}}
+TRACKED = {"train": {"train_nll": "train/nll", "lr": "train/lr", "tokens_per_s": "train/tokens_per_s",
+                     "mfu": "train/mfu"},
+           "eval": {"val_nll": "val/nll", "val_nll_se": "val/nll_se", "val_bpb": "val/bpb"}}
+
+
+def config_markdown(config):
+    return "| key | value |\n|---|---|\n" + "\n".join(f"| {k} | `{v!r}` |" for k, v in config.items())
+
+
+class TensorBoardLog:
+    """Event files in the run's folder (`tensorboard --logdir out` shows every run by its folder); x = step."""
+
+    def __init__(self, out, purge_step=None):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(log_dir=str(out), purge_step=purge_step)
+
+    def log(self, event, step, row):
+        if event == "start":
+            self.writer.add_text("config", config_markdown(row["config"]), step)
+        for key, tag in TRACKED.get(event, {}).items():
+            self.writer.add_scalar(tag, row[key], step)
+
+    def flush(self):
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+class WandbLog:
+    """A Weights & Biases run (offline: files under out/wandb/, uploaded later with `wandb sync`); x = step.
+    run_id: the W&B run that a resumed run continues (saved in its checkpoints)."""
+
+    def __init__(self, cfg, out, run_id=None):
+        import wandb
+        try:
+            self.run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or cfg.out_dir, id=run_id,
+                                  resume="allow", mode=cfg.wandb, dir=str(out), config=dataclasses.asdict(cfg))
+        except Exception as e:  # e.g. online without a network or a login
+            raise UserError(f"W&B could not start a run ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                            "; on a node without internet use --wandb=offline, then wandb sync") from None
+        self.id = self.run.id
+
+    def log(self, event, step, row):
+        scalars = {tag: row[key] for key, tag in TRACKED.get(event, {}).items()}
+        if scalars:
+            self.run.log(scalars, step=step)
+
+    def flush(self):
+        pass  # (W&B writes as it goes)
+
+    def close(self):
+        self.run.finish()
 
 
 def read_log(path):

@@ -1,8 +1,7 @@
 # The minGPT baseline of the seven experiments, sized for a laptop CPU: a clear learning curve in minutes.
 # Every switch is off here; turn one on from the command line, e.g.
-#   python train.py config/baseline.py --use_rope=True --out_dir=out/rope
+#   python train.py config/baseline.py --use_rope=True       # into out/rope (out_dir: out/{switches})
 # With no data_path this trains on the built-in demo corpus (the Python standard library's docs and source).
-out_dir = "out/baseline"
 val_docs = 20
 block_size = 128
 batch_size = 8

@@ -1,8 +1,9 @@
 # GPT-2 small (124M parameters) for one GPU, e.g. a 4-hour SLURM job per experiment:
-#   python train.py config/gpt2_124m.py --data_path=/scratch/pile/00.jsonl --max_time=4h --out_dir=out/base
+#   python train.py config/gpt2_124m.py --data_path=/scratch/pile/00.jsonl --max_time=4h   # out/gpt2_124m/baseline
+#   python train.py config/gpt2_124m.py --data_path=/scratch/pile/00.jsonl --max_time=4h --use_rope=True
 # max_time turns the wall-clock budget into a planned step count (so cosine decays to min_lr at the end);
-# max_iters is only an upper bound then.
-out_dir = "out/gpt2_124m"
+# max_iters is only an upper bound then. Each switch combination gets its own folder ({switches}).
+out_dir = "out/gpt2_124m/{switches}"
 val_docs = 1000
 block_size = 1024
 batch_size = 16
