@@ -972,7 +972,7 @@ def power_line(a):
         plausible_need = _fmt_int_range(min(st["seeds_range"][0] for st in sts), max(st["seeds_range"][1] for st in sts))
         factors = "; ".join(f"with {n} seeds {sd_ratio_interval(n - 1)[0]:.2f}-{sd_ratio_interval(n - 1)[1]:.2f}x"
                             for n in ns)
-        what = (f"with {seeds} seeds and the observed noise (sd {_fmt_range([st['sd'] for st in sts])} nats) these "
+        what = (f"with {seeds} seeds and the observed noise (sd {_fmt_range([st['sd'] for st in sts], 4)} nats) these "
                 f"tests find |effect| >= {mde} nats with 80% power (exact, noncentral t, corrected level), and "
                 f"{TARGET} nats would need {_fmt_int_range(min(need), max(need))} seeds. But the sd of so few seeds "
                 f"is itself uncertain (95% interval of the true sd: {factors} the observed), so that effect size "
@@ -1209,16 +1209,16 @@ def val_curve(run):
             np.array([r["val_nll"] for r in run.evals], dtype=float))
 
 
-def _set_ylim(ax, curves):
-    """Zoom y on the part that matters: the values after the first 10% of the steps."""
-    late = []
+def _set_ylim(ax, curves, late=0.1):
+    """Zoom y on the part that matters: the values after the first `late` fraction of the steps."""
+    tail = []
     for steps, vals in curves:
         if len(steps):
-            late.append(vals[steps >= 0.1 * steps.max()])
-    late = np.concatenate(late) if late else np.array([])
-    late = late[np.isfinite(late)]
-    if len(late):
-        lo, hi = late.min(), late.max()
+            tail.append(vals[steps >= late * steps.max()])
+    tail = np.concatenate(tail) if tail else np.array([])
+    tail = tail[np.isfinite(tail)]
+    if len(tail):
+        lo, hi = tail.min(), tail.max()
         pad = 0.05 * (hi - lo) if hi > lo else 0.1
         ax.set_ylim(lo - pad, hi + pad)
 
@@ -1267,27 +1267,172 @@ def mean_val_curve(runs):
     return np.array(steps), np.array([np.mean([d[s] for d in per_run]) for s in steps])
 
 
-def plot_experiments(ax, groups, beta):
-    """Report mode: seeds of one experiment faint in one colour, the mean over seeds bold."""
-    curves = []
+def plot_experiments(ax, groups, beta, late=0.5, legend_max=8):
+    """Report mode: seeds of one experiment faint in one colour, the mean over its finished seeds bold, a
+    failed seed dashed. The axes show the last (1 - late) of training, where the arms separate, with y fitted
+    to it (the first steps, up near ln(vocab), would squeeze the end into a few pixels)."""
+    curves, top = [], 0
     for i, (exp, runs) in enumerate(groups.items()):
         c = _colour(i, len(groups))
+        done = [r for r in runs if r.status == "finished"]
         for run in runs:
             steps, _, smooth = train_curve(run, beta)
             vs, vn = val_curve(run)
-            ax.plot(steps, smooth, color=c, alpha=0.3, lw=0.7)
-            ax.plot(vs, vn, color=c, alpha=0.3, lw=0.5, marker="o", ms=2.5)
-        ms, mt = mean_train_curve(runs, beta)
-        vs, vn = mean_val_curve(runs)
-        done = sum(r.status == "finished" for r in runs)
-        ax.plot(ms, mt, color=c, lw=2.0, label=f"{exp} (n={done})" if done == len(runs) else
-                f"{exp} ({done} of {len(runs)} finished)")
+            ls = "-" if run.status == "finished" else "--"
+            ax.plot(steps, smooth, color=c, alpha=0.3, lw=0.7, ls=ls)
+            ax.plot(vs, vn, color=c, alpha=0.3, lw=0.5, marker="o", ms=2.5, ls=ls)
+            top = max([top] + [r["step"] for r in run.train + run.evals])
+        ms, mt = mean_train_curve(done, beta)
+        vs, vn = mean_val_curve(done)
+        ax.plot(ms, mt, color=c, lw=2.0, label=f"{exp} (n={len(done)})" if len(done) == len(runs) else
+                f"{exp} ({len(done)} of {len(runs)} finished)")
         ax.plot(vs, vn, color=c, lw=1.0, marker="o", ms=5, markeredgecolor="black", markeredgewidth=0.5)
         curves += [(ms, mt), (vs, vn)]
-    _set_ylim(ax, curves)
+    if top:
+        ax.set_xlim(late * top, top * 1.01)
+    _set_ylim(ax, curves, late)
     _style_axes(ax, beta)
-    if groups:
-        ax.legend(fontsize=7 if len(groups) <= 8 else 6, ncol=2 if len(groups) <= 8 else 3)
+    smooth = "auto" if beta is None else f"{beta:g}"
+    ax.set_title(f"NLL vs step, last {1 - late:.0%} of training; lines: train NLL (EMA, beta={smooth}), "
+                 f"markers: val NLL; bold: mean over finished seeds", fontsize=7)
+    ax.xaxis.label.set_size(7)
+    ax.yaxis.label.set_size(7)
+    ax.tick_params(labelsize=6.5)
+    if 0 < len(groups) <= legend_max:   # on the crowded PDF page a long legend would cover the curves
+        ax.legend(fontsize=5.5 if len(groups) <= 8 else 5, ncol=4, loc="upper right")
+    elif groups:
+        ax.text(0.99, 0.97, "(legend: report.png)", ha="right", va="top", transform=ax.transAxes, fontsize=6)
+
+
+def curve_samples(a, step_values):
+    """The report's family at one step: {comparison or effect: per-seed values} from step_values
+    [(run, val NLL at that step)], on the seeds the final comparison used (finished runs only)."""
+    if a.family_kind == "effects":
+        names = [s["name"] for s in a.design.get("switches", [])]
+        design_on = {e["name"]: frozenset(e.get("on", [])) for e in a.design.get("experiments", [])}
+        cells = {}
+        for run, v in step_values:
+            on = design_on.get(run.experiment)
+            if on is None:
+                on = config_on_set(run, a.design.get("switches", []))
+            if on is not None and run.seed is not None:
+                cells.setdefault(run.seed, {})[on] = v
+        effects, used, _ = factorial_effects(cells, names)
+        return {e: vals for e, vals in effects.items() if used}
+    ref = a.design.get("reference", "baseline")
+    by = {}
+    for run, v in step_values:
+        by.setdefault(run.experiment, {})[run.seed] = v
+    out = {}
+    for e, seeds in a.used_seeds.items():
+        pairs = [by.get(e, {}).get(k, math.nan) - by.get(ref, {}).get(k, math.nan) for k in seeds]
+        if seeds and all(map(math.isfinite, pairs)):
+            out[e] = pairs
+    return out
+
+
+def delta_curves(a):
+    """{comparison or effect: (steps, mean, ci_lo, ci_hi)}: the paired difference (or factorial effect) of
+    val NLL at each evaluation step that every seed it uses has, mean over seeds and pointwise 95% t interval
+    (None-free: the interval is nan with one seed)."""
+    runs = [r for rs in a.groups.values() for r in rs if r.status == "finished"]
+    vals = [(r, dict(zip(*val_curve(r)))) for r in runs]
+    steps = sorted({s for _, d in vals for s in d})
+    out = {}
+    for s in steps:
+        for name, v in curve_samples(a, [(r, d[s]) for r, d in vals if s in d]).items():
+            if len(v) != len(a.used_seeds.get(name, [])):
+                continue   # a seed lacks this step: a mean over fewer seeds would jump
+            mean, sd = mean_std(v)
+            half = float(t_quantile(0.975, len(v) - 1)) * sd / math.sqrt(len(v)) if sd is not None else math.nan
+            out.setdefault(name, []).append((s, mean, mean - half, mean + half))
+    return {name: tuple(np.array(col) for col in zip(*rows)) for name, rows in out.items()}
+
+
+def _family_colours(a):
+    """One colour per comparison, the same as its experiment's NLL curves; effects: by position."""
+    if a.family_kind == "effects":
+        return {name: _colour(i, len(a.family)) for i, name in enumerate(a.family)}
+    exps = list(a.groups)
+    return {name: _colour(exps.index(name), len(exps)) if name in exps else "C7" for name in a.family}
+
+
+def plot_forest(ax, a):
+    """The answer: each comparison's (or effect's) paired mean with its 95% CI (per comparison), the zero
+    line, the Holm verdict (filled marker = detected) and the MDE at 80% power (grey band, +-MDE)."""
+    names = list(a.family)
+    colours = _family_colours(a)
+    for y, name in enumerate(names):
+        st = a.family[name]
+        if st["mde"] is not None:
+            ax.fill_betweenx([y - 0.3, y + 0.3], -st["mde"], st["mde"], color="0.88", lw=0, zorder=0)
+        if st["ci"] is not None:
+            ax.plot(st["ci"], [y, y], color=colours[name], lw=1.6, zorder=2)
+        if _is_num(st["mean"]):
+            filled = bool(st["significant"])
+            ax.plot([st["mean"]], [y], marker="o", ms=5, color=colours[name], zorder=3,
+                    markerfacecolor=colours[name] if filled else "white", markeredgewidth=1.2)
+        if st["significant"] is None:
+            ax.annotate(effect_word(name, st, a), (1, y), xycoords=("axes fraction", "data"), xytext=(-2, 0),
+                        textcoords="offset points", ha="right", va="center", fontsize=6, color="0.4")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(names)), [(f"{x} ({a.family[x]['n']})") for x in names], fontsize=6.5)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ref = a.design.get("reference", "baseline")
+    ax.set_xlabel("effect on val NLL, nats (per-seed contrast)" if a.family_kind == "effects" else
+                  f"Δ val NLL vs {ref}, nats (paired; < 0 better)", fontsize=7)
+    ax.set_title("mean and 95% CI (seeds); filled: detected (Holm, 5%);\ngrey band: ±MDE at 80% power",
+                 fontsize=7)
+    ax.tick_params(labelsize=6.5)
+    ax.grid(axis="x", alpha=0.3)
+    if not names:
+        ax.text(0.5, 0.5, "no comparison possible", ha="center", va="center", transform=ax.transAxes, fontsize=7)
+
+
+def plot_delta_vs_step(ax, a):
+    """When an effect appears and whether it still grows: the paired difference of val NLL at each evaluation
+    (mean over the seeds of the final comparison, band: pointwise 95% CI)."""
+    curves = delta_curves(a)
+    colours = _family_colours(a)
+    for name, (steps, mean, lo, hi) in curves.items():
+        ax.plot(steps, mean, color=colours[name], lw=1.4, marker="o", ms=2.5, label=name)
+        ax.fill_between(steps, lo, hi, color=colours[name], alpha=0.15, lw=0)
+    ax.axhline(0, color="black", lw=0.8)
+    ref = a.design.get("reference", "baseline")
+    ax.set_xlabel("step", fontsize=7)
+    ax.set_ylabel("effect (nats)" if a.family_kind == "effects" else f"Δ val NLL vs {ref}", fontsize=7)
+    ax.set_title("paired Δ of val NLL at each evaluation: mean over seeds,\nband: 95% CI (pointwise)"
+                 if a.family_kind != "effects" else "factorial effects of val NLL at each evaluation:\n"
+                 "mean over seeds, band: 95% CI (pointwise)", fontsize=7)
+    ax.tick_params(labelsize=6.5)
+    ax.grid(alpha=0.3)
+    if curves:
+        finite = np.concatenate([np.r_[m[len(m) // 4:], l[len(l) // 4:], h[len(h) // 4:]]
+                                 for _, m, l, h in curves.values()])
+        finite = finite[np.isfinite(finite)]
+        if len(finite):   # the first evaluations (near the initial loss) would hide the end: fit y to the rest
+            lo, hi = min(finite.min(), 0.0), max(finite.max(), 0.0)
+            pad = 0.08 * (hi - lo) if hi > lo else 0.01
+            ax.set_ylim(lo - pad, hi + pad)
+        if len(curves) <= 10:
+            ax.legend(fontsize=5.5, ncol=2)
+    else:
+        ax.text(0.5, 0.5, "no per-step validation curves in the input\n(final numbers only): nothing to draw",
+                ha="center", va="center", transform=ax.transAxes, fontsize=7, color="#c00000")
+
+
+def plot_report_panels(fig, a, beta, rects, legend_max=8):
+    """The report's three panels in rects (forest, Δ vs step, NLL vs step); returns the axes."""
+    axes = [fig.add_axes(r) for r in rects]
+    plot_forest(axes[0], a)
+    plot_delta_vs_step(axes[1], a)
+    if any(r.train or r.evals for rs in a.groups.values() for r in rs):
+        plot_experiments(axes[2], a.groups, beta, legend_max=legend_max)
+    else:
+        axes[2].axis("off")
+        axes[2].text(0.5, 0.5, "NLL vs step: no per-step curves in the input (final numbers only)",
+                     ha="center", va="center", transform=axes[2].transAxes, fontsize=7, color="#c00000")
+    return axes
 
 
 def write_nll_png(runs, path, beta):
@@ -1391,14 +1536,16 @@ def build_report_figure(a, samples, sample_desc, beta, title):
 
     n_rows = len(a.rows) + len(a.family) + 2
     dense = n_rows > 16
-    row_h, tsize = (0.0125, 5.5) if dense else (0.017, 6.5)
+    row_h, tsize = (0.0118, 5.5) if dense else (0.017, 6.5)
     fig.text(0.5, 0.978, textwrap.shorten(title, 80), ha="center", va="top", fontsize=13,
              weight="bold", parse_math=False)
     y = text(0.955, design_line(a), 7.5, 130)
-    plot_h = 0.20 if dense else 0.27
-    ax = fig.add_axes([0.10, y - 0.03 - plot_h, 0.86, plot_h])
-    plot_experiments(ax, a.groups, beta)
-    y = y - 0.03 - plot_h - 0.04   # room for the x label
+    top_h, nll_h = (0.12, 0.065) if dense else (0.15, 0.10)
+    y -= 0.03                       # room for the panel titles
+    nll_y = y - top_h - 0.055 - nll_h
+    plot_report_panels(fig, a, beta, [[0.14, y - top_h, 0.33, top_h], [0.58, y - top_h, 0.38, top_h],
+                                      [0.10, nll_y, 0.86, nll_h]])
+    y = nll_y - 0.04                # room for the x label
 
     h = row_h * (len(a.rows) + 1)
     _draw_table(fig, [0.03, y - h, 0.94, h], RUN_HEADER, [run_cells(r) for r in a.rows], tsize)
@@ -1409,8 +1556,8 @@ def build_report_figure(a, samples, sample_desc, beta, title):
         y -= h + 0.008
 
     for s, kind in report_text(a):
-        size = 6.5 if kind == "small" else 7.5 if dense else 8
-        width = 150 if kind == "small" else 135 if dense else 125
+        size = (6 if dense else 6.5) if kind == "small" else 7 if dense else 8
+        width = (160 if dense else 150) if kind == "small" else 132 if dense else 125
         kw = {"weight": "bold"} if kind in ("bold", "warn") else {}
         if kind == "warn":
             kw["color"] = "#c00000"
@@ -1470,7 +1617,9 @@ def matching_note(runs):
 
 
 def write_report_md(path, png_name, a, samples, sample_desc, title):
-    parts = [f"# {title}", "", design_line(a), "", f"![NLL vs step]({png_name})", "", markdown_tables(a), ""]
+    figure = ("Forest plot: each comparison's paired difference with its 95% CI, Holm verdict and MDE; "
+              "paired difference of val NLL vs step; NLL vs step")
+    parts = [f"# {title}", "", design_line(a), "", f"![{figure}]({png_name})", "", markdown_tables(a), ""]
     for s, kind in report_text(a):
         parts += [f"**{s}**" if kind in ("bold", "warn") else s, ""]
     parts += ["## Samples", "", sample_desc, ""]
@@ -1495,10 +1644,10 @@ def write_report(runs, pdf_path, beta, samples, sample_desc, design=None):
     fig = build_report_figure(a, samples, sample_desc, beta, title)
     fig.savefig(pdf_path)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    plot_experiments(ax, a.groups, beta)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
+    fig = plt.figure(figsize=(10, 9))
+    plot_report_panels(fig, a, beta, [[0.13, 0.56, 0.33, 0.37], [0.57, 0.56, 0.40, 0.37], [0.07, 0.06, 0.90, 0.40]],
+                       legend_max=32)
+    fig.savefig(png_path, dpi=110)
     plt.close(fig)
     write_report_md(md_path, png_path.name, a, samples, sample_desc, title)
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import matplotlib.colors
 import numpy as np
 import pytest
 import scipy.stats
@@ -546,7 +547,8 @@ def test_report_one_at_a_time(ablation_dir, capsys):
     assert pdf.exists() and plot.count_pdf_pages(pdf) == 1
     assert (ablation_dir / "report.png").read_bytes()[:4] == b"\x89PNG"
     md = (ablation_dir / "report.md").read_text()
-    assert "![NLL vs step](report.png)" in md and "Design: one-at-a-time (design.json)" in md
+    assert "![Forest plot: each comparison's paired difference with its 95% CI, Holm verdict and MDE; paired " \
+           "difference of val NLL vs step; NLL vs step](report.png)" in md and "Design: one-at-a-time (design.json)" in md
     rows = md_rows(md)
     assert list(rows) == ["experiment"] + EXPERIMENTS
     col = {h: i for i, h in enumerate(rows["experiment"])}
@@ -574,6 +576,63 @@ def test_report_one_at_a_time(ablation_dir, capsys):
     assert "2 standard error" not in md and "2 ×" not in md
     assert "step-matched" in md
     assert not (ablation_dir / "nll.png").exists()                # -o not given in report mode
+
+
+def test_report_figures_show_the_answer(ablation_dir):
+    """The headline panels: a forest plot (each comparison's paired mean at its CI, filled when Holm detects
+    it, a +-MDE band, the zero line) and the paired difference of val NLL against step (mean over seeds with
+    its 95% band); the NLL panel's y-range is fitted to the end of training. Built the same way for the PDF
+    page and report.png."""
+    a = plot.analyze([plot.load_run(p) for p in all_logs(ablation_dir)])
+    # the synthetic curves are final + 8 (1 - step/100)^3, so each paired Δ is the same at every evaluation
+    curves = plot.delta_curves(a)
+    steps, mean, lo, hi = curves["swiglu"]
+    assert list(steps) == [0, 50, 100] and mean == pytest.approx([-0.1] * 3, abs=1e-9)
+    d = np.array(SHIFT["rope"])
+    half = scipy.stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    assert curves["rope"][2] == pytest.approx([d.mean() - half] * 3) and curves["rope"][3] == pytest.approx([d.mean() + half] * 3)
+    plt = plot._pyplot()
+    fig = plt.figure()
+    forest, delta, nll = plot.plot_report_panels(fig, a, None, [[0.1, 0.6, 0.35, 0.3], [0.6, 0.6, 0.35, 0.3],
+                                                                 [0.1, 0.1, 0.8, 0.35]])
+    names = list(a.family)
+    assert [t.get_text() for t in forest.get_yticklabels()] == [f"{x} (3)" for x in names]
+    points = {tuple(l.get_ydata()): l for l in forest.lines if l.get_marker() == "o"}
+    for y, name in enumerate(names):
+        st, point = a.family[name], points[(y,)]
+        assert point.get_xdata()[0] == pytest.approx(st["mean"])
+        filled = matplotlib.colors.to_rgba(point.get_markerfacecolor()) != (1.0, 1.0, 1.0, 1.0)
+        assert filled == bool(st["significant"]), name
+        ci = next(l for l in forest.lines if l.get_marker() != "o" and list(l.get_ydata()) == [y, y])
+        assert list(ci.get_xdata()) == pytest.approx(list(st["ci"]))
+        band = forest.collections[y].get_paths()[0].vertices[:, 0]
+        assert (band.min(), band.max()) == (pytest.approx(-st["mde"]), pytest.approx(st["mde"]))
+    assert any(list(l.get_xdata()) == [0, 0] for l in forest.lines)                    # the zero line
+    plotted = {l.get_label(): l for l in delta.lines}
+    assert list(plotted["swiglu"].get_ydata()) == pytest.approx([-0.1] * 3)
+    low, high = nll.get_ylim()
+    assert low > 2.6 and high < 4.5          # the end of training (2.8-3.3), not the start (~11)
+    plt.close(fig)
+
+
+def test_report_without_curves_says_so(tmp_path):
+    """Runs with final numbers only (no eval rows): the forest plot is drawn, the per-step panels say plainly
+    that there is nothing to draw."""
+    root = tmp_path / "abl"
+    logs = [make_run(root / exp / f"seed{s}", BASE[s - 1] + SHIFT[exp][s - 1], exp, s)
+            for exp in ("baseline", "swiglu") for s in (1, 2, 3)]
+    runs = [plot.load_run(p) for p in logs]
+    for r in runs:
+        r.evals, r.train = [], []
+    a = plot.analyze(runs)
+    plt = plot._pyplot()
+    fig = plt.figure()
+    forest, delta, nll = plot.plot_report_panels(fig, a, None, [[0.1, 0.6, 0.35, 0.3], [0.6, 0.6, 0.35, 0.3],
+                                                                 [0.1, 0.1, 0.8, 0.35]])
+    assert [t.get_text() for t in forest.get_yticklabels()] == ["swiglu (3)"]
+    assert "no per-step validation curves in the input" in " ".join(t.get_text() for t in delta.texts)
+    assert "no per-step curves in the input" in " ".join(t.get_text() for t in nll.texts)
+    plt.close(fig)
 
 
 def test_report_one_seed_time_matched_and_missing_ckpt(tmp_path, capsys):
