@@ -781,7 +781,7 @@ def report(st):
     if st.tune or st.scaled:
         has_study = "--study" in subprocess.run(plot + ["--help"], capture_output=True, text=True).stdout
         if has_study:
-            cmds = [(plot + ["--study", str(st.out)], st.out / "report.pdf")]
+            cmds = [(plot + ["--study", str(st.out)], st.out / "study_report.pdf")]
         else:
             say("plot.py has no --study yet: writing one report per size of the comparison runs instead")
             cmds = []
