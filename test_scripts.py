@@ -17,7 +17,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -687,17 +686,54 @@ def test_budget_dry_run_and_print_slurm_calibrate_nothing(env):
     assert calls(env) == design_calls(env) and not out.exists()
 
 
+def wait_for(condition, what, timeout=300):
+    """Polls condition() until it returns true (the event); the timeout is only a safety net for a
+    broken script, and its failure says what was awaited. No test depends on how fast a script runs."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def start_ablate(env, err, *args, extra_env=None):
+    """ablate.sh ARGS in the background, its stderr to the file err."""
+    with open(err, "w") as f:
+        return subprocess.Popen(["bash", "ablate.sh", *args], cwd=env["repo"], env=dict(env["env"], **(extra_env or {})),
+                                stdout=subprocess.DEVNULL, stderr=f)
+
+
 def test_budget_concurrent_array_tasks_calibrate_once(env):
-    """Array tasks start together: one takes the lock and probes, the others wait for budget.json."""
-    out = env["tmp"] / "out"
-    e = dict(env["env"], **budget_env(FAKE_STEPS_SLEEP="0.3"))
-    procs = [subprocess.Popen(["bash", "ablate.sh", "--task", str(i), "--out", str(out), "--budget", "2h"],
-                              cwd=env["repo"], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(len(EXPS))]
-    results = [(p.wait(timeout=60), p.stderr.read()) for p in procs]
-    assert all(rc == 0 for rc, _ in results), results
+    """Array tasks start together: one takes the lock and probes, the others wait for budget.json.
+    The probes are held at a gate until every other task says it waits, so no task can find the
+    calibration finished before it looks, however slowly the tasks start on a busy machine."""
+    out, tmp = env["tmp"] / "out", env["tmp"]
+    gated = tmp / "gated-python"  # a probe (--steps-in) leaves a mark and waits for the gate file
+    gated.write_text(f'#!/bin/sh\ncase "$*" in *--steps-in=*) touch "{tmp}/at-gate.$$"\n'
+                     f'    while [ ! -e "{tmp}/gate" ]; do sleep 0.05; done;; esac\nexec "{env["env"]["PYTHON"]}" "$@"\n')
+    gated.chmod(0o755)
+    errs = [tmp / f"task{i}.err" for i in range(len(EXPS))]
+    procs = [start_ablate(env, err, "--task", str(i), "--out", str(out), "--budget", "2h",
+                          extra_env=dict(PYTHON=str(gated), **budget_env(ABLATE_BUDGET_WAIT="600")))
+             for i, err in enumerate(errs)]
+
+    def all_but_one_wait():
+        assert len(list(tmp.glob("at-gate.*"))) <= 1, "two tasks probe at once: the lock does not hold"
+        for p, err in zip(procs, errs):
+            assert p.poll() is None, f"a task ended (exit {p.returncode}) before the calibration: {err.read_text()}"
+        return sum("waiting for" in err.read_text() for err in errs) == len(EXPS) - 1
+
+    try:
+        wait_for(all_but_one_wait, "every task but the calibrating one to say 'waiting for'")
+        (tmp / "gate").touch()
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    stderr = [err.read_text() for err in errs]
+    assert codes == [0] * len(EXPS), stderr
     assert len(probe_calls(env)) == 5                          # one calibration
-    assert sum("waiting for" in err for _, err in results) >= 1
     assert sorted(opt(c, "max_iters") for c in train_calls(env)) == ["870"] * len(EXPS)
     assert not (out / ".budget.lock").exists()
 
@@ -706,22 +742,26 @@ def test_budget_waits_for_a_live_lock_and_gives_up_after_the_bound(env):
     out = env["tmp"] / "out"
     (out / ".budget.lock").mkdir(parents=True)
     (out / ".budget.lock" / "owner").write_text(f"{socket.gethostname()} {os.getpid()} 2024-01-01T00:00:00Z\n")
-    t0 = time.time()
     r = bash(env, "ablate.sh", "--task", "0", "--out", str(out), "--budget", "2h",
              extra_env=budget_env(ABLATE_BUDGET_WAIT="1"))
-    assert r.returncode == 1 and time.time() - t0 < 20
-    assert len(error_lines(r.stderr)) == 1 and "remove " + str(out / ".budget.lock") in r.stderr
+    assert r.returncode == 1 and "waiting for" in r.stderr, r.stderr
+    assert len(error_lines(r.stderr)) == 1 and "waited 1s" in r.stderr, r.stderr
+    assert "remove " + str(out / ".budget.lock") in r.stderr
     assert probe_calls(env) == [] and train_calls(env) == []
-    # the same wait ends as soon as the calibrating task writes budget.json
-    def write_later():
-        time.sleep(0.5)
+    # the same wait ends as soon as the calibrating task writes budget.json: written once the script
+    # says it waits (an event, not a delay); a wait that missed it would end with exit 1 after 120 s
+    err = env["tmp"] / "wait.err"
+    p = start_ablate(env, err, "--task", "0", "--out", str(out), "--budget", "2h",
+                     extra_env=budget_env(ABLATE_BUDGET_WAIT="120"))
+    try:
+        wait_for(lambda: "waiting for" in err.read_text() or p.poll() is not None, "ablate.sh to say 'waiting for'")
         (out / "budget.json").write_text(json.dumps({"budget": "2h", "max_iters": 77, "per_arm": {},
                                                      "host": "other", "train_args": []}))
-    threading.Thread(target=write_later).start()
-    r = bash(env, "ablate.sh", "--task", "0", "--out", str(out), "--budget", "2h",
-             extra_env=budget_env(ABLATE_BUDGET_WAIT="30"))
-    assert r.returncode == 0, r.stderr
-    assert "waiting for" in r.stderr and opt(train_calls(env)[-1], "max_iters") == "77"
+        assert p.wait(timeout=300) == 0, err.read_text()
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert "waiting for" in err.read_text() and opt(train_calls(env)[-1], "max_iters") == "77"
     assert probe_calls(env) == []
 
 
