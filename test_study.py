@@ -316,6 +316,24 @@ def test_per_size_token_budgets_are_printed_before_any_run(fake):
         {"16": want[0], "32": want[1]}
 
 
+def test_budget_calibrates_each_size_once_from_the_slowest_arm(fake):
+    """--budget D per size: every arm probed (fake: rope fits 800 steps, baseline 1000), the slowest arm's
+    count for every run of that size, saved in SIZE/budget.json and reused by the rerun (no new probe)."""
+    args = ["--switches", "rope", "--scale", "n_embd=16,32", "--budget", "1h", "--no-report",
+            *[a for a in STUDY_ARGS if not a.startswith("--max_iters")]]
+    r = study(fake, *args)
+    assert r.returncode == 0, r.stderr
+    for size in ("n_embd=16", "n_embd=32"):
+        b = json.loads((fake["OUT"] / size / "budget.json").read_text())
+        assert (b["budget"], b["max_iters"], b["per_arm"]) == ("1h", 800, {"baseline": 1000, "rope": 800})
+    assert {opts(c)["max_iters"] for c in calls(fake)} == {"800"} and len(calls(fake)) == 4
+    probes = [c for c in map(json.loads, Path(fake["FAKE_CALLS"]).read_text().splitlines()) if "--steps-in=1h" in c]
+    assert len(probes) == 4
+    r = study(fake, *args)
+    assert r.returncode == 0 and len([c for c in map(json.loads, Path(fake["FAKE_CALLS"]).read_text().splitlines())
+                                      if "--steps-in=1h" in c]) == 4
+
+
 @pytest.mark.parametrize("args, message", [
     (["--tune", GRID, "--tune_docs=0"], "--tune needs a tuning set held out from training and validation"),
     (["--tune", "learnin_rate=1e-3,1e-2"], "--tune learnin_rate=1e-3,1e-2: unknown config key 'learnin_rate'"),
