@@ -56,6 +56,10 @@ design in the same DIR is refused (use a new --out).
   -h, --help          this text
   --                  everything after it goes to train.py
 
+Studies: --tune KEY=v1,v2,.. (each arm at its own best value, chosen on a tuning set), --scale KEY=v1,..
+(several sizes), --tokens / --tokens-per-param (budgets per size), --jobs N (N runs at once),
+--experiments, --submit, --stage: these hand the whole command to ablate.py (python ablate.py -h).
+
 A finished run (results.json present) is skipped; an interrupted one (ckpt.pt present, no
 results.json) is resumed with --resume=auto. If a run exits non-zero, ablate.sh says which and
 exits with the same code (75 = preempted/stopped after checkpoint: requeue and rerun to resume;
