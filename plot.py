@@ -365,6 +365,38 @@ class Run:
         return "results.json" if self.results else f"log (step {self.steps}, unfinished)"
 
 
+def claimed_switches(name):
+    """The switches a folder name says were on, in train.py's own naming (train.switches_name: 'baseline',
+    'rmsnorm', 'swiglu+rope'; value switches as 'n_layer=6'): {config key: value}; None when the name claims
+    nothing checkable ('all' and 'no_x' depend on a design's switch list; 'shakespeare' is just a name)."""
+    registry = registered_switches()
+    claim = {key: False for key in registry.values()}
+    if name == "baseline":
+        return claim
+    for part in name.split("+"):
+        key, eq, text = part.partition("=")
+        if part in registry:
+            claim[registry[part]] = True
+        elif eq and key in _train().CONFIG_FIELDS and key not in registry.values():
+            claim[key] = _guess_value(key, text)
+        else:
+            return None
+    return claim
+
+
+def run_label(run):
+    """The run's name, true of what it trained: its folder name, unless that names other switches than its
+    config has on; then what was trained, with the folder: 'rmsnorm (folder baseline)',
+    'rmsnorm/seed1 (folder baseline/seed1)'."""
+    claim, cfg = claimed_switches(run.experiment), run.config
+    if claim is None or any(key not in cfg for key in claim) or all(cfg[k] == v for k, v in claim.items()):
+        return run.name
+    from types import SimpleNamespace
+    trained = _train().switches_name(SimpleNamespace(**{k: cfg[k] for k in registered_switches().values()}))
+    trained += "".join(f"+{k}={cfg[k]}" for k, v in claim.items() if k not in registered_switches().values())
+    return f"{trained}{run.name.removeprefix(run.experiment)} (folder {run.name})"
+
+
 def run_identity(out_dir):
     """(name, experiment, seed) from the folder: .../exp/seed3 -> ("exp/seed3", "exp", 3)."""
     m = re.fullmatch(r"seed(\d+)", out_dir.name)
@@ -784,6 +816,14 @@ def analyze(runs, design=None):
         return config_on_set(run, switches)
 
     rows = [summarize_experiment(e, rs, run_on(rs[0]) if rs else None, switches, kind) for e, rs in groups.items()]
+    registry = registered_switches()
+    cfg_on = lambda r: (None if any(k not in r.config for k in registry.values())
+                        else {n for n, k in registry.items() if r.config[k] is True})
+    wrong = [r.name for r in runs if r.experiment in design_on and cfg_on(r) is not None
+             and cfg_on(r) != set(design_on[r.experiment]) & set(registry)]
+    if wrong:
+        notes.append(f"WARNING: the config of {_names(wrong)} has other switches on than its experiment's name "
+                     f"says (its start event or results.json); its numbers count for the experiment of its folder.")
     finished = [r for r in runs if r.status == "finished"]   # failed runs are named, never averaged in
     seeds = sorted({r.seed for r in runs if r.seed is not None})
     if kind == "factorial":
@@ -1164,11 +1204,11 @@ def markdown_tables(a):
 
 def runs_table(runs):
     """Plain-text table of each run's final numbers, one row per run."""
-    w = max([len("run")] + [len(r.name) for r in runs])
+    w = max([len("run")] + [len(run_label(r)) for r in runs])
     lines = [f"{'run':<{w}}  {'val_nll':>8}  {'val_bpb':>8}  {'steps':>7}  {'params':>12}  source"]
     for r in runs:
         params = f"{r.params:,}" if r.params is not None else "?"
-        lines.append(f"{r.name:<{w}}  {r.val_nll:>8.4f}  {r.val_bpb:>8.4f}  {r.steps:>7}  {params:>12}  {r.source}")
+        lines.append(f"{run_label(r):<{w}}  {r.val_nll:>8.4f}  {r.val_bpb:>8.4f}  {r.steps:>7}  {params:>12}  {r.source}")
     return "\n".join(lines)
 
 
@@ -1239,7 +1279,7 @@ def plot_runs(ax, runs, beta):
         steps, raw, smooth = train_curve(run, beta)
         vs, vn = val_curve(run)
         ax.plot(steps, raw, color=c, alpha=0.2, lw=0.8)
-        ax.plot(steps, smooth, color=c, lw=1.6, label=run.name)
+        ax.plot(steps, smooth, color=c, lw=1.6, label=run_label(run))
         ax.plot(vs, vn, color=c, lw=0.8, marker="o", ms=4)
         curves += [(steps, smooth), (vs, vn)]
     _set_ylim(ax, curves)
@@ -1493,7 +1533,7 @@ def report_text(a):
     lines.append((tokens, "warn" if unequal else "normal"))
     used = [r for rs in a.groups.values() for r in rs if r.status == "finished"]
     lines.append((timing_line(a) + " " + matching_note(used), "normal"))
-    lines += [(n, "normal") for n in a.notes]
+    lines += [(n, "warn" if n.startswith("WARNING") else "normal") for n in a.notes]
     lines.append((method_line(a), "small"))
     return lines
 

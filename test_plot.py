@@ -501,6 +501,38 @@ def test_plain_mode_png_and_table(tmp_path, capsys):
     assert "3.0000" in row_a and "1,000,000" in row_a and "results.json" in row_a
 
 
+def test_plain_mode_names_runs_by_what_they_trained(tmp_path, capsys):
+    """A folder whose name claims other switches than the run's config had on is shown under what was
+    trained (train.py's switches_name), with the folder: 'rmsnorm (folder baseline)'. Names that agree, or
+    claim nothing, stay as they are."""
+    logs = [make_run(tmp_path / "baseline", 3.0, on=["rmsnorm"]),
+            make_run(tmp_path / "swiglu+rope", 2.9, on=["swiglu", "rope"]),
+            make_run(tmp_path / "rope", 2.95, on=["rope", "cosine"]),
+            make_run(tmp_path / "abl" / "baseline" / "seed2", 3.1, seed=2, on=["swiglu"]),
+            make_run(tmp_path / "shakespeare", 3.2, on=["rope"])]
+    runs = [plot.load_run(p) for p in logs]
+    assert [plot.run_label(r) for r in runs] == [
+        "rmsnorm (folder baseline)", "swiglu+rope", "rope+cosine (folder rope)",
+        "swiglu/seed2 (folder baseline/seed2)", "shakespeare"]
+    out = tmp_path / "nll.png"
+    assert plot.main([str(p) for p in logs] + ["-o", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(l.startswith("rmsnorm (folder baseline)  ") for l in lines)
+    assert not any(l.startswith("baseline ") for l in lines)
+    fig = plot._pyplot().figure()
+    ax = fig.add_subplot()
+    plot.plot_runs(ax, runs, None)
+    assert [t.get_text() for t in ax.get_legend().get_texts()][0] == "rmsnorm (folder baseline)"
+    # in a report, a run whose config disagrees with its experiment is called out
+    root = tmp_path / "rep"
+    for exp, on in [("baseline", []), ("swiglu", ["swiglu"])]:
+        for s in (1, 2):
+            make_run(root / exp / f"seed{s}", 3.0 + 0.1 * s - 0.05 * (exp == "swiglu"), exp, s,
+                     on=["rope"] if (exp, s) == ("baseline", 2) else on)
+    a = plot.analyze([plot.load_run(p) for p in all_logs(root)])
+    assert any(n.startswith("WARNING: the config of baseline/seed2 has other switches on") for n in a.notes)
+
+
 def test_malformed_and_unknown_lines_are_skipped(tmp_path, capsys):
     log = make_run(tmp_path / "run", 3.0, finished=False,
                    extra_lines=['{"event": "weird", "step": 3}', '{"event": "train", "step": 200, "train_n'])
