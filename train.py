@@ -120,8 +120,9 @@ class Config:
     log_interval: int = opt(10, "log the train NLL every this many steps")
     ckpt_interval: int = opt(500, "save ckpt.pt every this many steps (and at the end)")
     keep_ckpts: int = opt(1, "keep the last K checkpoints: ckpt.pt and the K-1 before it as ckpt_<step>.pt")
-    resume: str = opt("false", "false: start afresh; true: continue from out_dir/ckpt.pt; auto: continue this "
-                              "run if out_dir holds its checkpoint, do nothing if it holds its results",
+    resume: str = opt("false", "false: start afresh (an out_dir holding a run is refused: see overwrite); true: "
+                              "continue from out_dir/ckpt.pt; auto: continue this run if out_dir holds its "
+                              "checkpoint, do nothing if it holds its results",
                       choices=("false", "true", "auto"))
     overwrite: bool = opt(False, "delete the run already in out_dir (log, results, checkpoints, TensorBoard events) "
                                  "and start afresh; without it such an out_dir is refused")
@@ -579,7 +580,7 @@ class Run:
     def start_afresh(self, mode, results):
         """A fresh start needs an out_dir without a run in it. A run found there (log, results, checkpoints)
         is refused, named, with the ways out; --overwrite=True deletes its files instead (and says so).
-        With --resume=auto, this same run stopped before its first checkpoint simply starts again."""
+        This same config's run stopped before its first checkpoint (a log alone) simply starts again."""
         files = run_files(self.out)
         if not files:
             return
@@ -588,7 +589,7 @@ class Run:
         other = results["config"] if results else start["config"] if start else None
         differ = differing(other, self.cfg) if other is not None else None
         has_ckpt = self.ckpt_path.is_file()
-        if mode == "auto" and not results and not has_ckpt and differ == []:
+        if not results and not has_ckpt and differ == []:  # (e.g. killed, or diverged, before it)
             print(f"{self.out}: this run stopped before its first checkpoint; starting it again")
         elif self.cfg.overwrite:
             print(f"--overwrite=True: deleting the run in {self.out} ({', '.join(sorted(f.name for f in files))})")
@@ -604,7 +605,7 @@ class Run:
                          + " but the config says " + ", ".join(f"{k}={getattr(self.cfg, k)!r}" for k in shown)
                          + (f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""))
             go_on = ("--resume=auto to continue it" if not differ else "--resume=True to continue it with this "
-                     "config" if not set(differ or ()) & set(MODEL_KEYS) else None) if has_ckpt and not results else None
+                     "config" if not set(differ or ()) & set(MODEL_KEYS) else None) if has_ckpt else None
             ways = ["another --out_dir", *([go_on] if go_on else []), "--overwrite=True to delete it and start afresh"]
             raise UserError(f"{self.out} already holds {what}; nothing was changed. Use "
                             + ", ".join(ways[:-1]) + " or " + ways[-1])
