@@ -52,8 +52,10 @@ Statistics (see test_plot.py for the checks):
     also at the ends of the 95% chi-square interval of the true sd (with 2-4 seeds the sd itself is uncertain
     by a large factor). Power never licenses "no effect": that claim comes only from a 95% CI inside +-0.02.
 
-Each argument may be a log.txt or the run's out_dir. Bad input (no files, a missing file, a log
-without usable rows, an unknown switch) gives a one-line error on stderr and exit code 2.
+Each argument may be a log.txt, the run's out_dir, or a runs.json ({"runs": [{"experiment", "seed", and that
+run's results.json numbers}]}, as in results/: finished runs without curves, their design.json beside it).
+Bad input (no files, a missing file, a log without usable rows, an unknown switch) gives a one-line error
+on stderr and exit code 2.
 """
 
 import argparse
@@ -427,6 +429,30 @@ def load_run(path):
     if run.seed is None and isinstance(run.config.get("seed"), int):
         run.seed = run.config["seed"]
     return run
+
+
+def load_runs_json(path):
+    """Finished runs without curves from a runs.json: {"runs": [{"experiment", "seed", and the numbers of
+    that run's results.json}]}, as shipped in results/ where the run folders were not kept. Each run sits,
+    for find_design, at DIR/<experiment>/seed<k> (DIR/design.json is the ablation's design)."""
+    path = Path(path)
+    try:
+        entries = json.loads(path.read_text())["runs"]
+        runs = []
+        for e in entries:
+            exp, seed = str(e["experiment"]), int(e["seed"])
+            runs.append(Run(f"{exp}/seed{seed}", path.resolve().parent / exp / f"seed{seed}", exp, seed,
+                            results=dict(e)))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path}: not a runs.json ({{\"runs\": [{{\"experiment\", \"seed\", ...}}]}}): {e}") from None
+    if not runs:
+        raise UsageError(f"{path}: no runs in it")
+    return runs
+
+
+def load_runs(path):
+    """The runs of one command-line argument: a log.txt or run folder (one run), or a runs.json (many)."""
+    return load_runs_json(path) if str(path).endswith(".json") else [load_run(path)]
 
 
 def default_order(names):
@@ -1650,6 +1676,10 @@ def matching_note(runs):
         stopped = sum((r.results or {}).get("stopped_by") == "max_time" for r in runs)
         return (f"Runs were time-matched: max_time = {', '.join(timed)}; {stopped}/{len(runs)} stopped on time, "
                 f"so step counts differ between runs.")
+    if not any(r.config for r in runs):
+        steps = sorted({r.steps for r in runs})
+        return (f"Run settings not in the input (final numbers only); steps per run: "
+                f"{', '.join(f'{s:,}' for s in steps)}.")
     if not timed:
         iters = sorted({r.config.get("max_iters") for r in runs}, key=str)
         return f"Runs were step-matched: max_iters = {', '.join(map(str, iters))} (max_time not set)."
@@ -2466,7 +2496,7 @@ def main(argv=None):
             raise UsageError("no log files given (usage: python plot.py out/*/log.txt [-o nll.png])")
         if args.smooth is not None and not 0 <= args.smooth < 1:
             raise UsageError(f"--smooth must be in [0, 1), got {args.smooth}")
-        runs = [load_run(p) for p in args.logs]
+        runs = [r for p in args.logs for r in load_runs(p)]
     except UsageError as e:
         print(f"plot.py: error: {e}", file=sys.stderr)
         return 2

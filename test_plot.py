@@ -754,6 +754,39 @@ def test_report_states_the_pairs_of_unpaired_seeds(tmp_path):
     assert "4 seed(s) (1-4)" in plot.design_line(a)
 
 
+def test_report_from_runs_json(tmp_path, capsys):
+    """A runs.json (final numbers only, as shipped in results/) is read as finished runs next to its
+    design.json; the report's statistics are those of the same runs read from their folders; a bad one is a
+    one-line error."""
+    root = tmp_path / "abl"
+    for exp in ("baseline", "swiglu", "rope"):
+        for s in (1, 2, 3):
+            make_run(root / exp / f"seed{s}", BASE[s - 1] + SHIFT[exp][s - 1], exp, s, results=NEW_KEYS)
+    runs = [plot.load_run(p) for p in all_logs(root)]
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    entries = [{k: v for k, v in r.results.items() if k != "config"} | {"experiment": r.experiment, "seed": r.seed}
+               for r in runs]                                  # as in results/: no config, no curves
+    (shipped / "runs.json").write_text(json.dumps({"runs": entries}))
+    design = plot.make_design("one-at-a-time", plot.choose_switches(["swiglu", "rope"]))
+    (shipped / "design.json").write_text(json.dumps(design))
+    assert plot.main([str(shipped / "runs.json"), "--report", str(shipped / "report.pdf"), "--no_samples"]) == 0
+    from_json = plot.analyze(plot.load_runs_json(shipped / "runs.json"))
+    from_logs = plot.analyze(runs, design)
+    assert from_json.design["source"] == "design.json"
+    for name in ("swiglu", "rope", "all"):
+        if name in from_logs.family:
+            assert from_json.family[name]["mean"] == pytest.approx(from_logs.family[name]["mean"])
+            assert from_json.family[name]["p_holm"] == pytest.approx(from_logs.family[name]["p_holm"])
+    md = (shipped / "report.md").read_text()
+    assert "Run settings not in the input (final numbers only); steps per run: 100." in md
+    (shipped / "bad.json").write_text("[1, 2]")
+    capsys.readouterr()
+    assert plot.main([str(shipped / "bad.json")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not a runs.json" in err
+
+
 def test_report_leave_one_out(tmp_path):
     root = tmp_path / "loo"
     d = plot.make_design("leave-one-out", plot.choose_switches(["swiglu", "rope", "cosine"]))
