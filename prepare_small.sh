@@ -78,12 +78,18 @@ if [[ $IN == *.zst ]]; then
     fi
 fi
 
-TMP=$(mktemp "$out_dir/.$(basename -- "$OUT").tmp.XXXXXX")
-ERR=$(mktemp)
+# The traps come first and the shell itself creates the files (noclobber: never an existing one), so a
+# signal at any moment leaves no temporary file behind (mktemp in $(...) left one if it came in between).
+TMP="$out_dir/.$(basename -- "$OUT").tmp.$$.$RANDOM"
+ERR="${TMPDIR:-/tmp}/prepare_small.$$.$RANDOM.err"
 cleanup() { rm -f -- "$TMP" "$ERR"; }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+set -C
+{ : >"$TMP"; } 2>/dev/null || { TMP=; die 1 "cannot create a temporary file in $out_dir"; }
+{ : >"$ERR"; } 2>/dev/null || { ERR=; die 1 "cannot create a temporary file in ${TMPDIR:-/tmp}"; }
+set +C
 
 if [[ $IN == *.zst ]]; then
     # head closes the pipe after N lines, so the decompressor may die of SIGPIPE:

@@ -131,7 +131,7 @@ if os.environ.get("FAKE_WAIT_SIGNAL"):
     for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
         signal.signal(s, stop)
     open(os.environ["FAKE_LOG"] + ".started", "w").write(out)
-    time.sleep(20)
+    time.sleep(120)  # a safety net: the test's signal ends this wait
     sys.exit(99)
 code = int(os.environ.get("FAKE_EXIT", "0"))
 open(os.path.join(out, "ckpt.pt"), "w").write("ckpt")
@@ -826,12 +826,10 @@ def run_until_started(env, args, extra, sig):
     p = subprocess.Popen(["bash", *args], cwd=env["repo"], env=e, start_new_session=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started = Path(env["env"]["FAKE_LOG"] + ".started")
-    deadline = time.time() + 15
-    while not started.exists():
-        assert p.poll() is None and time.time() < deadline, p.communicate()
-        time.sleep(0.02)
+    wait_for(lambda: started.exists() or p.poll() is not None, "the fake train.py to start")
+    assert p.poll() is None, p.communicate()
     os.kill(p.pid, sig)
-    out, err = p.communicate(timeout=15)
+    out, err = p.communicate(timeout=300)
     sigs = Path(env["env"]["FAKE_LOG"] + ".signals")
     return p.returncode, err, (sigs.read_text().split() if sigs.exists() else [])
 
@@ -951,13 +949,11 @@ def test_prepare_small_killed_run_leaves_no_partial_output(env):
     p = subprocess.Popen(["bash", "prepare_small.sh", str(src), "100", str(out)], cwd=env["repo"],
                          env=e, start_new_session=True, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 10
-    while not any(".tmp." in q.name for q in env["tmp"].iterdir()):
-        assert p.poll() is None and time.time() < deadline, p.communicate()
-        time.sleep(0.02)
-    time.sleep(0.2)
+    wait_for(lambda: any(".tmp." in q.name for q in env["tmp"].iterdir()) or p.poll() is not None,
+             "prepare_small.sh to create its temporary file")
+    assert p.poll() is None, p.communicate()
     os.killpg(p.pid, signal.SIGTERM)          # like Ctrl-C / scancel: the whole group
-    p.communicate(timeout=10)
+    p.communicate(timeout=300)
     assert p.returncode != 0
     assert not out.exists()
     assert not [q for q in env["tmp"].iterdir() if ".tmp." in q.name]
