@@ -93,8 +93,10 @@ def test_eval_set_tune_changes_the_evaluation_not_the_training(tmp_path):
 # ablate.py with a fake train.py: PYTHON points at a fake interpreter. `fake train.py ARGS` appends its
 # argv to calls.jsonl and writes log.txt and results.json with val_nll = a known function of the learning
 # rate (each arm has its own best value), unless FAKE_NLL ({"exp|lr|seed": nll}) says otherwise;
-# FAKE_DIVERGE ["exp|lr"] exits 3 after a nan event; FAKE_HANG "exp|lr|seed" saves ckpt.pt and waits for a
-# signal (then exits 75, as train.py does). `fake plot.py` records its call.
+# FAKE_DIVERGE ["exp|lr" or "exp|lr|seed"] exits 3 after a nan event; FAKE_HANG "exp|lr|seed" saves ckpt.pt and waits for a
+# signal (then exits 75, as train.py does); FAKE_LAST "exp|lr|seed" waits until ablate.py has written two
+# diverged.json files (which it does as it reaps diverged runs).
+# `fake plot.py` records its call.
 
 FAKE_PY = r'''#!{python}
 import json, math, os, signal, sys, time
@@ -128,7 +130,13 @@ if f"{{exp}}|{{lr}}|{{seed}}" == os.environ.get("FAKE_HANG") and a.get("resume")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))
     while True:
         time.sleep(0.05)
-if f"{{exp}}|{{lr}}" in json.loads(os.environ.get("FAKE_DIVERGE", "[]")):
+if f"{{exp}}|{{lr}}|{{seed}}" == os.environ.get("FAKE_LAST"):  # ends after ablate.py recorded 2 diverged runs
+    deadline = time.time() + 120
+    while len(list(out.parents[2].glob("*/*/*/diverged.json"))) < 2:
+        if time.time() > deadline:
+            sys.exit("fake: ablate.py never recorded the 2 diverged tuning runs")
+        time.sleep(0.05)
+if {{f"{{exp}}|{{lr}}", f"{{exp}}|{{lr}}|{{seed}}"}} & set(json.loads(os.environ.get("FAKE_DIVERGE", "[]"))):
     log.write(json.dumps({{"event": "nan", "step": 3, "message": "loss is nan at step 3"}}) + "\n")
     sys.exit(3)
 best = {{"baseline": 3e-3, "rope": 1e-2}}[exp]
@@ -184,10 +192,11 @@ def opts(argv):
 
 
 def test_two_stage_study_layout_choice_and_seeds(fake):
-    """Both stages at both sizes: the layout, each arm's choice from the tuning set (rope's 3e-2 diverged:
-    recorded and skipped, the study goes on), comparison seeds never tuning seeds, --tune_docs in both."""
+    """Both stages at both sizes: the layout, each arm's choice from the tuning set (rope's 3e-2 diverged,
+    baseline's 1e-2 at one seed: recorded and skipped, the study goes on), comparison seeds never tuning
+    seeds, --tune_docs in both."""
     r = study(fake, "--switches", "rope", "--tune", GRID, "--tune-seeds", "2", "--scale", "n_embd=16,32",
-              "--seeds", "2", "--no-report", *STUDY_ARGS, extra_env={"FAKE_DIVERGE": '["rope|3e-2"]'}, via_sh=True)
+              "--seeds", "2", "--no-report", *STUDY_ARGS, extra_env={"FAKE_DIVERGE": '["rope|3e-2", "baseline|1e-2|1002"]'}, via_sh=True)
     assert r.returncode == 0, r.stderr
     out = fake["OUT"]
     spec = json.loads((out / "study.json").read_text())
@@ -204,7 +213,9 @@ def test_two_stage_study_layout_choice_and_seeds(fake):
     for size in ("n_embd=16", "n_embd=32"):
         choice = json.loads((out / size / "choice.json").read_text())
         base, rope = choice["by_experiment"]["baseline"], choice["by_experiment"]["rope"]
-        assert (base["chosen"], base["edge"], base["diverged"]) == ("3e-3", False, {})
+        # baseline's 1e-2 diverged at one tuning seed of two: out of the choice (its other seed is not a score)
+        assert (base["chosen"], base["edge"], base["diverged"]) == ("3e-3", False, {"1e-2": [1002]})
+        assert base["scores"]["1e-2"] is None and base["scores"]["1e-3"] is not None
         assert (rope["chosen"], rope["edge"]) == ("1e-2", False)
         assert rope["diverged"] == {"3e-2": [1001, 1002]} and rope["scores"]["3e-2"] is None
         assert base["scores"]["3e-3"] == pytest.approx(3 - 0.1 * size.count("3"))
@@ -382,6 +393,17 @@ def test_jobs_run_at_once_with_one_progress_line_per_run(fake):
     assert [int(re.search(r"\[(\d+)/6 runs done\]", ln).group(1)) for ln in lines] == list(range(1, 7))
     assert all("elapsed" in ln for ln in lines) and "left" in lines[0]
     assert (fake["OUT"] / "console" / "tune" / "rope" / "learning_rate=1e-3" / "seed1001" / "console.txt").is_file()
+
+
+def test_with_jobs_no_comparison_run_starts_before_its_size_is_tuned(fake):
+    """4 tuning runs at once; two diverge and one ends only after ablate.py has recorded both: the slots freed
+    meanwhile wait for it (a comparison run needs its size's choice), then the comparison runs start."""
+    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", "--jobs", "4", "--no-report", *STUDY_ARGS,
+              extra_env={"FAKE_LAST": "rope|3e-3|1001", "FAKE_DIVERGE": '["baseline|1e-3", "rope|1e-3"]'})
+    assert r.returncode == 0, r.stderr
+    kinds = ["tune" if "--eval_set=tune" in c else "compare" for c in calls(fake)]
+    assert kinds == ["tune"] * 4 + ["compare"] * 2
+    assert [opts(c)["learning_rate"] for c in calls(fake)[4:]] == ["3e-3", "3e-3"]
 
 
 def test_print_slurm_chains_the_stages_and_tasks_run_their_run(fake):
