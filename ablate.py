@@ -554,7 +554,7 @@ def print_plan(st):
 class Runner:
     def __init__(self, st):
         self.st, self.running, self.stop, self.t0 = st, {}, False, time.time()
-        self.finished_here, self.failed, self.diverged = 0, None, []
+        self.finished_here, self.failed = 0, None
         self.done_before = sum(r.state() in ("done", "diverged") for r in st.runs)  # skipped: finished earlier
 
     def on_signal(self, signum, _frame):
@@ -598,10 +598,11 @@ class Runner:
                 self.progress(run, f"{'tuning' if run.stage == 'tune' else 'val'} nll {nll:.4f} in {fmt_time(seconds)}")
                 return
             rc = EXIT_NAN
+        elif rc == 0:
+            rc = 1  # exited 0 but left no results.json: not a result
         if rc == EXIT_NAN:
             msg = [e.get("message") for e in read_events(run.dir / "log.txt") if e.get("event") == "nan"]
             write_json(run.dir / "diverged.json", {"exit_code": rc, "message": (msg or [None])[-1], "when": now_iso()})
-            self.diverged.append(run)
             self.progress(run, f"DIVERGED (exit code {rc}; recorded in {run.dir / 'diverged.json'})")
             return
         what = "STOPPED" if rc == EXIT_STOPPED else "FAILED"
