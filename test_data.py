@@ -371,8 +371,26 @@ def test_shuffle_buffer_is_a_bounded_seeded_permutation():
         out.append(item)
     assert sorted(out) == sorted(items) and out != items
     assert list(train.shuffle_buffer(iter(items), np.random.default_rng(0), max_items=50)) == out
-    by_bytes = list(train.shuffle_buffer(iter(items), np.random.default_rng(0), max_bytes=100))
+    pulled.clear()
+    by_bytes = []
+    for item in train.shuffle_buffer(source(), np.random.default_rng(0), max_bytes=100):
+        assert sum(map(len, pulled)) - sum(map(len, by_bytes)) <= 100 + 4  # + the one arriving (<= 4 bytes)
+        by_bytes.append(item)
     assert sorted(by_bytes) == sorted(items) and by_bytes != out
+
+
+def test_zst_order_shards_lines_among_ranks(tmp_path):
+    # distributed: rank r of 3 takes lines r::3 of each epoch's order, and resumes at pos in its own share
+    _, packed = make_pair(tmp_path)
+    n_train = train.split_validation(packed, 5)[0]
+    full = flatten(train.StreamOrder(packed, n_train, seed=1), 2 * n_train)
+    epochs = full[:n_train], full[n_train:]
+    for rank in range(3):
+        share = len(range(rank, n_train, 3))
+        got = flatten(train.StreamOrder(packed, n_train, seed=1, rank=rank, world=3), 2 * share)
+        assert got == epochs[0][rank::3] + epochs[1][rank::3], rank
+        later = flatten(train.StreamOrder(packed, n_train, seed=1, epoch=1, pos=4, rank=rank, world=3), 3)
+        assert later == epochs[1][rank::3][4:7], rank
 
 
 def test_zst_stream_resumes_exactly_for_any_worker_count(tmp_path):

@@ -130,9 +130,11 @@ def one_error_line(err):
 # -----------------------------------------------------------------------------
 # exact resume
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_stop_at_a_random_step_and_resume_is_exact(workers, corpus, reference, tmp_path):
-    at = random.choice(ODD_STEPS)
+# (workers, step): steps no interval falls on, inside the first epoch and inside the second one (this
+# corpus's epoch 1 starts after step 7); fixed, so that a failure is reproducible
+@pytest.mark.parametrize("workers, at", [(0, 7), (0, 11), (2, 13)])
+def test_stop_at_an_odd_step_and_resume_is_exact(workers, at, corpus, reference, tmp_path):
+    assert at in ODD_STEPS
     cfg = config(corpus, tmp_path, num_workers=workers)
     with pytest.raises(SystemExit) as stopped:
         train.train(cfg, stop=StopAt(at))
@@ -140,7 +142,7 @@ def test_stop_at_a_random_step_and_resume_is_exact(workers, corpus, reference, t
     ckpt = train.load_checkpoint(tmp_path / "ckpt.pt")
     assert ckpt["step"] == at and ckpt["loss_window"][1] == at % 3  # the unlogged steps' NLL travels along
     assert "scaler" in ckpt and ckpt["horizon"] == R
-    assert train.load_checkpoint(reference[0] / "ckpt.pt")["data"]["epoch"] >= 1  # the run crosses an epoch
+    assert ckpt["data"]["epoch"] == (0 if at < 8 else 1) and ckpt["data"]["pos"] > 0  # inside that epoch
     train.train(config(corpus, tmp_path, num_workers=workers, resume=True))
     assert_same_as_reference(tmp_path, reference, f"stopped at step {at} with {workers} workers")
 
@@ -155,7 +157,7 @@ def test_signal_to_the_process_group_saves_exits_75_and_resumes_exactly(corpus, 
         if line.startswith("step 3/"):
             os.killpg(proc.pid, signal.SIGTERM)
             break
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=600)
     assert proc.returncode == train.EXIT_PREEMPTED, err
     assert "stopped by SIGTERM" in out and "Traceback" not in err
     step = train.load_checkpoint(tmp_path / "ckpt.pt")["step"]
@@ -233,7 +235,7 @@ def test_kill_9_during_a_checkpoint_write_keeps_the_previous_one(corpus, referen
         if line.startswith("SAVING"):
             os.killpg(proc.pid, signal.SIGKILL)  # the whole job, workers included, as a node failure
             break
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode == -signal.SIGKILL, err
     assert (tmp_path / "ckpt.pt.tmp").is_file()  # the torn write
     with pytest.raises(train.UserError):
@@ -241,7 +243,7 @@ def test_kill_9_during_a_checkpoint_write_keeps_the_previous_one(corpus, referen
     assert train.load_checkpoint(tmp_path / "ckpt.pt")["step"] == 4  # the previous checkpoint, intact
     # the requeued job: a fresh process (nothing cached from the killed one) that ignores the torn file
     r = subprocess.run([sys.executable, "train.py", *argv(corpus, tmp_path, num_workers=0, resume=True)],
-                       cwd=HERE, env=ENV, capture_output=True, text=True, timeout=120)
+                       cwd=HERE, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert not (tmp_path / "ckpt.pt.tmp").exists()
     assert_same_as_reference(tmp_path, reference, "killed while saving step 8")
@@ -346,7 +348,7 @@ def test_out_dir_not_writable_is_one_line(corpus, tmp_path, capfd):
 def test_corrupted_checkpoint_through_the_real_command(reference, corpus, tmp_path):
     truncated(reference, tmp_path)
     r = subprocess.run([sys.executable, "train.py", *argv(corpus, tmp_path, resume=True)], cwd=HERE, env=ENV,
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == train.EXIT_USER_ERROR
     assert "cannot read checkpoint" in one_error_line(r.stderr)
 
@@ -365,7 +367,7 @@ def test_sample_never_runs_code_from_a_checkpoint(tmp_path):
         del os.environ["EVIL_MARKER"]
     r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(tmp_path / "evil.pt"), "--device", "cpu"],
                        cwd=HERE, env={**ENV, "EVIL_MARKER": str(marker)}, capture_output=True, text=True,
-                       timeout=120)
+                       timeout=600)
     assert r.returncode == train.EXIT_USER_ERROR
     assert "cannot read checkpoint" in one_error_line(r.stderr)
     assert not marker.exists()

@@ -39,7 +39,7 @@ def torchrun(nproc, corpus, out, **kw):
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
            "--master_addr=127.0.0.1", f"--master_port={port}", str(HERE / "train.py"),
            *[f"--{k}={v}" for k, v in args.items()]]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
 
@@ -211,7 +211,7 @@ def test_ddp_sbatch_runs_one_job_as_several_processes(corpus, tmp_path):
            "DATA": str(corpus), "OUT": str(out), "FAKE_LOG": str(tmp_path / "fake.log"), "PYTHON": sys.executable}
     args = {**DDP_ARGS, "max_iters": 2}
     r = subprocess.run(["bash", str(HERE / "slurm" / "ddp.sbatch"), *[f"--{k}={v}" for k, v in args.items()]],
-                       cwd=HERE, env=env, capture_output=True, text=True, timeout=120)
+                       cwd=HERE, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "global batch 4 x 16" in r.stdout and "127.0.0.1:" in r.stdout
     results = json.loads((out / "results.json").read_text())
