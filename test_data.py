@@ -296,6 +296,21 @@ def test_files_without_enough_usable_documents_are_one_line_errors(tmp_path):
             train.split_validation(ds, 3)
 
 
+def test_training_lines_that_are_all_unusable_are_a_one_line_error(tmp_path):
+    # the validation documents are fine, every training line is not: one pass over them says so
+    # (without the check the stream would read the unusable lines forever)
+    lines = [b"", b"not json", b'{"text": 3}', b"[1]"] + [doc(t) for t in texts(2)]
+    for ds in (train.JSONLDataset([write(tmp_path / "t.jsonl", lines)]),
+               train.JSONLDataset([write_zst(tmp_path / "t.jsonl.zst", b"".join(l + b"\n" for l in lines))])):
+        n_train = train.split_validation(ds, 2)[0]
+        stream = train.TrainStream(ds, n_train, seed=0, batch_size=2, block_size=8)
+        with pytest.raises(UserError, match="no usable training document in 4 lines") as e:
+            for _ in range(n_train):
+                stream.next_document()
+        assert one_line(e)
+        stream.close()
+
+
 # -----------------------------------------------------------------------------
 # .jsonl.zst
 
