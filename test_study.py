@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -148,7 +149,11 @@ log.write(json.dumps({{"event": "end", "step": 10, "val_nll": nll}}) + "\n")
                                               "tokens": tokens, "config": a}}))
 '''
 
-STUDY_ARGS = ["--data_path=unused.jsonl", "--n_layer=1", "--n_head=2", "--block_size=32", "--batch_size=2",
+# A config file for the small model (keys in a file, not flags, so --scale n_embd may still set n_embd):
+# ablate.py builds each size's model once for its parameter count, and a small one builds fast.
+SMALL_CONFIG = Path(tempfile.mkdtemp(prefix="test_study-")) / "small.py"
+SMALL_CONFIG.write_text("n_layer = 1\nn_head = 2\nn_embd = 16\n")
+STUDY_ARGS = [str(SMALL_CONFIG), "--data_path=unused.jsonl", "--block_size=32", "--batch_size=2",
               "--max_iters=10", "--val_docs=4", "--tune_docs=4"]
 GRID = "learning_rate=1e-3,3e-3,1e-2,3e-2"
 
