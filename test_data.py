@@ -520,5 +520,5 @@ def test_training_runs_and_resumes_on_zst_shards(tmp_path, capsys):
     assert "80 lines in 2 file(s)" in capsys.readouterr().out
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["steps"] == 4
-    assert train.main(args[1:] + [f"--data_path={folder}/*.jsonl"]) == 2
+    assert train.main(args[2:] + [f"--out_dir={tmp_path / 'out2'}", f"--data_path={folder}/*.jsonl"]) == 2
     assert "glob matches no file" in capsys.readouterr().err
