@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,22 @@ def caught(*signals):
             signal.signal(sig, handler)
 
 
+def wait_for_line(proc, prefix, timeout=600):
+    """Reads the process's stdout until a line starts with prefix (the event). A watchdog kills its
+    process group after timeout s, only as a safety net, so a hung run fails the test saying what it
+    was waiting for instead of hanging the suite."""
+    watchdog = threading.Timer(timeout, lambda: proc.poll() is None and os.killpg(proc.pid, signal.SIGKILL))
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            if line.startswith(prefix):
+                return
+    finally:
+        watchdog.cancel()
+    pytest.fail(f"the run ended (exit {proc.wait()}, or killed after {timeout} s) before printing a line "
+                f"starting with {prefix!r}: {proc.stderr.read()[-2000:]}")
+
+
 def one_error_line(err):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
@@ -153,10 +170,8 @@ def test_signal_to_the_process_group_saves_exits_75_and_resumes_exactly(corpus, 
     proc = subprocess.Popen([sys.executable, "train.py", *argv(corpus, tmp_path, num_workers=2)], cwd=HERE,
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    for line in proc.stdout:
-        if line.startswith("step 3/"):
-            os.killpg(proc.pid, signal.SIGTERM)
-            break
+    wait_for_line(proc, "step 3/")
+    os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == train.EXIT_PREEMPTED, err
     assert "stopped by SIGTERM" in out and "Traceback" not in err
@@ -231,10 +246,8 @@ def test_kill_9_during_a_checkpoint_write_keeps_the_previous_one(corpus, referen
     proc = subprocess.Popen([sys.executable, "-c", KILLED_DURING_SAVE, *argv(corpus, tmp_path, num_workers=2)],
                             cwd=HERE, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    for line in proc.stdout:
-        if line.startswith("SAVING"):
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole job, workers included, as a node failure
-            break
+    wait_for_line(proc, "SAVING")
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, workers included, as a node failure
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == -signal.SIGKILL, err
     assert (tmp_path / "ckpt.pt.tmp").is_file()  # the torn write
