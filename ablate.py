@@ -554,7 +554,7 @@ def print_plan(st):
 class Runner:
     def __init__(self, st):
         self.st, self.running, self.stop, self.t0 = st, {}, False, time.time()
-        self.finished_here, self.failed = 0, None
+        self.finished_here, self.failed = 0, None   # runs finished (results.json or diverged) by this command
         self.done_before = sum(r.state() in ("done", "diverged") for r in st.runs)  # skipped: finished earlier
 
     def on_signal(self, signum, _frame):
@@ -591,16 +591,19 @@ class Runner:
 
     def finish(self, run, rc, seconds):
         """Record one run's end. A divergence is a result (diverged.json); a stop or a failure ends the study."""
-        self.finished_here += 1
         if rc == 0 and (run.dir / "results.json").is_file():
             nll = json.loads((run.dir / "results.json").read_text()).get("val_nll")
             if isinstance(nll, (int, float)) and math.isfinite(nll):
+                self.finished_here += 1
                 self.progress(run, f"{'tuning' if run.stage == 'tune' else 'val'} nll {nll:.4f} in {fmt_time(seconds)}")
                 return
             rc = EXIT_NAN
         elif rc == 0:
             rc = 1  # exited 0 but left no results.json: not a result
+        if self.stop and rc - 128 in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            rc = EXIT_STOPPED  # our forwarded signal came before train.py could catch it (still starting)
         if rc == EXIT_NAN:
+            self.finished_here += 1
             msg = [e.get("message") for e in read_events(run.dir / "log.txt") if e.get("event") == "nan"]
             write_json(run.dir / "diverged.json", {"exit_code": rc, "message": (msg or [None])[-1], "when": now_iso()})
             self.progress(run, f"DIVERGED (exit code {rc}; recorded in {run.dir / 'diverged.json'})")

@@ -128,7 +128,8 @@ log = open(out / "log.txt", "a")
 log.write(json.dumps({{"event": "start", "step": 0}}) + "\n")
 if f"{{exp}}|{{lr}}|{{seed}}" == os.environ.get("FAKE_HANG") and a.get("resume") != "auto":
     (out / "ckpt.pt").write_text("fake")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))
+    if not os.environ.get("FAKE_UNCAUGHT"):  # else: killed by the signal, as train.py is while it imports torch
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))
     while True:
         time.sleep(0.05)
 if f"{{exp}}|{{lr}}|{{seed}}" == os.environ.get("FAKE_LAST"):  # ends after ablate.py recorded 2 diverged runs
@@ -260,11 +261,13 @@ def test_an_arm_whose_every_value_diverged_stops_with_a_clear_error(fake):
     assert "rope: every learning_rate value diverged in tuning (1e-2, 3e-2)" in r.stderr.splitlines()[-1]
 
 
-def test_stopped_study_resumes_and_a_rerun_retrains_nothing(fake):
+@pytest.mark.parametrize("uncaught", [False, True])
+def test_stopped_study_resumes_and_a_rerun_retrains_nothing(fake, uncaught):
     """A signal mid-study: the running train.py checkpoints (75) and no new run starts; the rerun resumes
-    that run with --resume=auto and runs only what is missing; a third run trains nothing."""
+    that run with --resume=auto and runs only what is missing; a third run trains nothing. (uncaught: the
+    forwarded signal kills a train.py that has no handler yet: still a stop, 75, not a crash.)"""
     args = ["--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", "--seeds", "2", "--no-report", *STUDY_ARGS]
-    env = {**os.environ, "PYTHON": fake["PYTHON"], "FAKE_HANG": "rope|1e-3|1001"}
+    env = {**os.environ, "PYTHON": fake["PYTHON"], "FAKE_HANG": "rope|1e-3|1001", **({"FAKE_UNCAUGHT": "1"} if uncaught else {})}
     p = subprocess.Popen([sys.executable, "ablate.py", "--out", str(fake["OUT"]), *args], cwd=HERE, env=env,
                          stderr=subprocess.PIPE, text=True)
     ckpt = fake["OUT"] / "tune" / "rope" / "learning_rate=1e-3" / "seed1001" / "ckpt.pt"
@@ -280,6 +283,7 @@ def test_stopped_study_resumes_and_a_rerun_retrains_nothing(fake):
     assert p.wait(timeout=60) == 75, rest
     first = calls(fake)
     assert "rerun the same command to resume" in rest.splitlines()[-1]
+    assert "STOPPED with exit code 75" in rest and "[2/8 runs done]" in rest and "[3/8" not in rest
     r = study(fake, *args)
     assert r.returncode == 0, r.stderr
     second = calls(fake)[len(first):]
