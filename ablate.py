@@ -591,7 +591,7 @@ class Runner:
 
     def finish(self, run, rc, seconds):
         """Record one run's end. A divergence is a result (diverged.json); a stop or a failure ends the study."""
-        if rc == 0 and (run.dir / "results.json").is_file():
+        if (run.dir / "results.json").is_file():  # written last: finished, even if a signal came as it exited
             nll = json.loads((run.dir / "results.json").read_text()).get("val_nll")
             if isinstance(nll, (int, float)) and math.isfinite(nll):
                 self.finished_here += 1
