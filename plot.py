@@ -52,6 +52,16 @@ Statistics (see test_plot.py for the checks):
     also at the ends of the 95% chi-square interval of the true sd (with 2-4 seeds the sd itself is uncertain
     by a large factor). Power never licenses "no effect": that claim comes only from a 95% CI inside +-0.02.
 
+Study mode, for a study folder written by ablate.py (--tune, --scale; layout in the "studies" section):
+
+    python plot.py --study OUT                     # OUT/study_report.md, .pdf, _sensitivity.png, _compute.png
+    python plot.py --study OUT -o reports/s.pdf
+
+  the design and sizes (params, tokens, training FLOPs), each arm's tuning curve per size (chosen value,
+  diverged values, edge-of-grid warnings), the per-size verdicts above, Δ against training FLOPs, and each
+  arm's compute multiplier C_ref(L_arm)/C_arm from the reference's loss-vs-compute curve (a fitted
+  L = a*C^-b + c with >= 4 sizes, else piecewise linear in log C) with a paired bootstrap interval over seeds.
+
 Each argument may be a log.txt, the run's out_dir, or a runs.json ({"runs": [{"experiment", "seed", and that
 run's results.json numbers}]}, as in results/: finished runs without curves, their design.json beside it).
 Bad input (no files, a missing file, a log without usable rows, an unknown switch) gives a one-line error
@@ -1776,9 +1786,18 @@ def run_state(folder):
         return None, "not started", "not started"
     try:
         run = load_run(folder)
-    except UsageError:   # no train or eval row yet, e.g. a run that diverged at its first step
-        state = "diverged" if divergence(read_log(log)) else "unfinished"
-        return None, state, f"{state} (no train or eval row)"
+    except UsageError:   # no train or eval row in the log, e.g. a run that diverged at its first step
+        events = read_log(log)
+        res = Path(folder) / "results.json"
+        name, exp, seed = run_identity(Path(folder).resolve())
+        run = Run(name, Path(folder).resolve(), exp, seed, start=clean_events(events)[0], nan_event=divergence(events))
+        try:
+            run.results = json.loads(res.read_text()) if res.is_file() else None
+        except ValueError:
+            pass
+        if run.status == "finished":
+            return run, "finished", "finished"
+        return None, run.status, f"{run.status} (no train or eval row in its log)"
     return run, run.status, run.status_text
 
 
@@ -2031,7 +2050,7 @@ def compute_multipliers(study, n_boot=N_BOOT, seed=BOOT_SEED):
                 warning = (f"extrapolated: the arm's loss {lb[0]:.4f} is {side} loss the {ref} reached "
                            f"({edge:.4f}), past the measured range")
             if np.isinf(mult[0]):
-                warning = f"the arm's loss {lb[0]:.4f} is below the fitted law's floor c: no finite {ref} compute"
+                warning = f"below the fitted floor: the arm's loss {lb[0]:.4f} is below c, no finite {ref} compute"
             if len(boot) < n_boot:
                 notes.append(f"Size {size.label}, {exp}: {n_boot - len(boot)} of {n_boot} resamples gave no "
                              f"multiplier (the {ref}'s resampled loss did not fall with compute, or the resample "
@@ -2124,8 +2143,14 @@ def sensitivity_figure(study, rows):
                 edges.append(exp)
         if log_x:
             ax.set_xscale("log")
-        if not nums:
-            ax.set_xticks(xs, order)
+            ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
+        else:
+            pad = 0.08 * (max(xs) - min(xs) or 1)
+            ax.set_xlim(min(xs) - pad, max(xs) + pad)
+        ax.set_xticks(xs, order)      # a tick at every tried value, labelled as it was given
+        ax.minorticks_off()
+        if not any(y is not None for r in rows if r["size"] == size.label for y in r["scores"].values()):
+            ax.text(0.5, 0.5, "no finished tuning run", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(study.key)
         ax.set_ylabel("tuning-set NLL (nats/token)")
         title = f"size {size.label}" + (f"\nchosen on the grid's edge: {', '.join(edges)}" if edges else "")
@@ -2188,8 +2213,10 @@ def delta_compute_figure(study):
     ax.set_title("Paired Δ against compute: bars = 95% CI (Student t over seeds); filled = Holm verdict at its "
                  "size", fontsize=9)
     ax.grid(alpha=0.3)
-    if names:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no paired Δ with known training FLOPs", ha="center", va="center", transform=ax.transAxes)
     fig.subplots_adjust(left=0.11, right=0.97, top=0.93, bottom=0.11)
     return fig
 
@@ -2215,19 +2242,28 @@ def study_blocks(study, rows, mult, pngs):
                     f"seed(s) {', '.join(map(str, tune.get('seeds') or []))}, scored on the tuning set; each arm "
                     f"then runs at its own chosen value on the comparison seeds and the validation set."
                     if study.key else "No tuning stage: every arm ran at the config's values.")))
-    if spec.get("budget"):
-        blocks.append(("p", f"Budget: {json.dumps(spec['budget'], sort_keys=True)}."))
+    budget = spec.get("budget") if isinstance(spec.get("budget"), dict) else {}
+    if budget:
+        blocks.append(("p", f"Token budget rule: {budget.get('rule', '?')}" +
+                       "".join(f"; {k} = {v}" for k, v in budget.items() if k != "rule" and not isinstance(v, list))
+                       + " (planned numbers, marked so below, come from study.json where no run finished)."))
     if spec.get("train_args"):
         blocks.append(("p", f"train.py arguments: {' '.join(map(str, spec['train_args']))}"))
     size_rows, sources = [], set()
-    for size in study.sizes:
+    for i, size in enumerate(study.sizes):
         runs = list(size.runs.get(ref, {}).values())
         r = runs[0] if runs else None
-        non_emb = ((r.results or {}).get("params") or {}).get("non_embedding") if r else None
+        plan = lambda key: budget[key][i] if isinstance(budget.get(key), list) and i < len(budget[key]) else None
+        params = ((r.results or {}).get("params") if r else None) or plan("params") or {}
+        planned = " (planned)" if r is None else ""
+        tokens = fmt_tokens([x.tokens for x in runs]) if runs else fmt_tokens([plan("tokens")]) + planned
+        flops = size_flops(size, ref)
+        if flops is None and _is_num(plan("flops_per_token")) and _is_num(plan("tokens")):
+            flops = plan("flops_per_token") * plan("tokens")
         sources |= {train_flops(x)[1] for rs in size.runs.values() for x in rs.values()}
         size_rows.append([size.label, " ".join(f"{k}={v}" for k, v in size.args.items()) or "(config)",
-                          fmt_params(r.params if r else None), fmt_params(non_emb),
-                          fmt_tokens([x.tokens for x in runs]), _fmt_flops(size_flops(size, ref))])
+                          fmt_params(params.get("total")) + planned, fmt_params(params.get("non_embedding")) + planned,
+                          tokens, _fmt_flops(flops) + (planned if flops is not None else "")])
     blocks.append(("table", ["size", "config keys", f"params ({ref})", "non-embedding", "tokens per run",
                              "train FLOPs per run"], size_rows))
     blocks.append(("p", f"Training FLOPs from: {'; '.join(sorted(sources)) or 'no finished run'}."))
@@ -2277,8 +2313,9 @@ def study_blocks(study, rows, mult, pngs):
                              fmt_mean_std(row["nll_mean"], row["nll_std"], row["n"])])
         header = header or ["size", comparison_header(a)[0]] + comparison_header(a)[1:]
         fam_rows += [[size.label] + cells for cells in comparison_rows(a)]
-    blocks.append(("table", ["size", "experiment", f"tuned {study.key}" if study.key else "tuned", "params",
-                             "seeds", "tokens", "train FLOPs", "val NLL (mean ± std)"], arm_rows))
+    if arm_rows:
+        blocks.append(("table", ["size", "experiment", f"tuned {study.key}" if study.key else "tuned", "params",
+                                 "seeds", "tokens", "train FLOPs", "val NLL (mean ± std)"], arm_rows))
     if fam_rows:
         blocks.append(("table", header, fam_rows))
         kind = next(s.analysis.family_kind for s in study.sizes if s.analysis)
@@ -2295,7 +2332,7 @@ def study_blocks(study, rows, mult, pngs):
                                  "95% interval", "warning"],
                        [[m.size, m.experiment, f"{m.loss:.4f}", _fmt_flops(m.flops), _fmt_flops(m.base_flops),
                          _fmt_mult(m.value), f"[{_fmt_mult(m.interval[0])}, {_fmt_mult(m.interval[1])}]"
-                         if m.interval else "n/a", m.warning or ""] for m in ms]))
+                         if m.interval else "n/a", m.warning.split(":")[0] if m.warning else ""] for m in ms]))
         blocks.append(("p", "A multiplier above 1 means the arm reaches its loss with less compute than the "
                             f"{ref} needs for it (2.00x: the {ref} needs twice the compute)."))
         for m in ms:
@@ -2327,8 +2364,8 @@ def write_study_md(path, title, blocks):
 
 
 def write_study_pdf(path, title, blocks, figures):
-    """A4 pages top to bottom: text and tables flow onto the next page when full; a figure ({png path: its
-    matplotlib figure}) gets a page of its own, drawn as vectors."""
+    """A4 pages: the text and tables top to bottom, flowing onto the next page when full; then each figure
+    ({png path: its matplotlib figure}) on a page of its own, drawn as vectors, in the order of the text."""
     from matplotlib.backends.backend_pdf import PdfPages
     plt = _pyplot()
     page_pt = A4_PORTRAIT[1] * 72
@@ -2348,9 +2385,8 @@ def write_study_pdf(path, title, blocks, figures):
                  parse_math=False)
         y = 0.95
         for b in blocks:
-            if b[0] == "img":
-                pdf.savefig(figures[b[1]])
-                continue
+            if b[0] == "img":     # the figures follow the text, each on its own page
+                b = ("p", f"(Figure {Path(b[1]).name}: on a page after the text.)")
             if b[0] == "table":
                 chunk, rows = 0, list(b[2])
                 while rows:
@@ -2374,6 +2410,9 @@ def write_study_pdf(path, title, blocks, figures):
             y -= line_h(size) * len(lines) + 0.008
         pdf.savefig(fig)
         plt.close(fig)
+        for b in blocks:
+            if b[0] == "img":
+                pdf.savefig(figures[b[1]])
 
 
 def write_study_report(root, pdf_path=None, n_boot=N_BOOT):
@@ -2410,6 +2449,8 @@ def study_main(args):
     if args.out and Path(args.out).suffix != ".pdf":
         raise UsageError(f"-o with --study names the report's PDF (ending in .pdf), got '{args.out}'")
     study, rows, (method, ms, notes), paths = write_study_report(args.study, args.out)
+    for size in study.sizes:
+        print(f"size {size.label}: " + (verdict_line(size.analysis) if size.analysis else "no finished comparison run"))
     print(method)
     for m in ms:
         interval = f"[{_fmt_mult(m.interval[0])}, {_fmt_mult(m.interval[1])}]" if m.interval else "n/a"

@@ -338,6 +338,7 @@ def test_cli_writes_the_report_and_prints_the_multipliers(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "size n_layer=1, rope: 2.00x [1.9" in out and "piecewise linear in log C" in out
     assert "size n_layer=3, rope: 2.00x" in out and "extrapolated" in out
+    assert "size n_layer=2: Verdict" in out           # each size's verdict line, as its own report says it
     for name in ("rep.pdf", "rep.md", "rep_compute.png"):
         assert (tmp_path / "r" / name).is_file()
 
@@ -355,3 +356,15 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert plot.main([a.format(root=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith("plot.py: error:")
+
+
+def test_a_finished_run_whose_log_has_no_rows_counts_and_one_without_results_does_not(tmp_path):
+    """results.json is a run's result: a log with only start/end (or only a nan) still says what happened."""
+    write_run(tmp_path / "a", 3.0, 1e12)
+    (tmp_path / "a" / "log.txt").write_text(json.dumps({"event": "start", "step": 0}) + "\n")
+    run, state, _ = plot.run_state(tmp_path / "a")
+    assert state == "finished" and run.val_nll == 3.0 and plot.train_flops(run)[0] == 1e12
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "log.txt").write_text(json.dumps({"event": "nan", "step": 0}) + "\n")
+    assert plot.run_state(tmp_path / "b")[:2] == (None, "diverged")
+    assert plot.run_state(tmp_path / "c")[:2] == (None, "not started")
