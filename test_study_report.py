@@ -6,6 +6,7 @@ log axis), the edge-of-grid warning, the per-size verdicts, failed runs named, t
 train.flops_per_token, and the command line. Run: pytest -q test_study_report.py"""
 
 import json
+import sys
 import math
 from pathlib import Path
 
@@ -368,3 +369,29 @@ def test_a_finished_run_whose_log_has_no_rows_counts_and_one_without_results_doe
     (tmp_path / "b" / "log.txt").write_text(json.dumps({"event": "nan", "step": 0}) + "\n")
     assert plot.run_state(tmp_path / "b")[:2] == (None, "diverged")
     assert plot.run_state(tmp_path / "c")[:2] == (None, "not started")
+
+
+def test_reads_the_layout_ablate_py_writes(tmp_path, monkeypatch, capsys):
+    """The contract with the running side: a study run by ablate.py (with test_study.py's fake train.py, which
+    writes results from a known function of the learning rate: baseline best at 3e-3, rope at 1e-2) reads
+    back with the sizes, each arm's choice, the diverged value and the comparison runs where they are."""
+    import ablate
+    import test_study
+    py = tmp_path / "fakepy"
+    py.write_text(test_study.FAKE_PY.format(python=sys.executable))
+    py.chmod(0o755)
+    monkeypatch.setattr(ablate, "PY", str(py))
+    monkeypatch.setenv("FAKE_CALLS", str(tmp_path / "calls.jsonl"))
+    monkeypatch.setenv("FAKE_DIVERGE", json.dumps(["rope|3e-2"]))
+    monkeypatch.chdir(Path(test_study.HERE))
+    out = tmp_path / "study"
+    assert ablate.main(["--out", str(out), "--switches", "rope", "--tune", "learning_rate=3e-3,1e-2,3e-2",
+                        "--scale", "n_embd=32", "--seeds", "2", *test_study.STUDY_ARGS]) == 0, capsys.readouterr().err
+    study = plot.load_study(out)
+    assert [s.name for s in study.sizes] == ["n_embd=32"] and study.key == "learning_rate"
+    rows = {r["experiment"]: r for r in plot.tuning_rows(study)}
+    assert (rows["baseline"]["chosen"], rows["baseline"]["edge"]) == ("3e-3", True)
+    assert (rows["rope"]["chosen"], rows["rope"]["edge"], rows["rope"]["diverged"]) == ("1e-2", False, ["3e-2"])
+    assert rows["rope"]["scores"]["3e-3"] == pytest.approx(3 + math.log10(0.3) ** 2 - 0.1)   # the fake's law
+    assert all(sorted(s.runs[e]) == [1, 2] for s in study.sizes for e in ("baseline", "rope"))
+    assert study.sizes[0].problems == []
