@@ -2311,7 +2311,7 @@ def study_blocks(study, rows, mult, pngs):
             arm_rows.append([size.label, row["experiment"], (r or {}).get("chosen") or "-", fmt_params(row["params"]),
                              str(row["n"]), fmt_tokens(row["tokens"]), _fmt_flops(size_flops(size, row["experiment"])),
                              fmt_mean_std(row["nll_mean"], row["nll_std"], row["n"])])
-        header = header or ["size", comparison_header(a)[0]] + comparison_header(a)[1:]
+        header = header or ["size"] + comparison_header(a)
         fam_rows += [[size.label] + cells for cells in comparison_rows(a)]
     if arm_rows:
         blocks.append(("table", ["size", "experiment", f"tuned {study.key}" if study.key else "tuned", "params",
@@ -2321,6 +2321,7 @@ def study_blocks(study, rows, mult, pngs):
         kind = next(s.analysis.family_kind for s in study.sizes if s.analysis)
         blocks.append(("p", f"Each size is its own family: paired on seed, 95% CI from Student t, Holm-Bonferroni "
                             f"over that size's {kind} at family-wise 5% (the per-size report's statistics)."))
+        blocks += [("p", f"Size {s.label}: {verdict_line(s.analysis)}") for s in study.sizes if s.analysis]
     blocks.append(("h", "Δ against training compute"))
     blocks.append(("img", pngs["compute"]))
 
@@ -2388,7 +2389,7 @@ def write_study_pdf(path, title, blocks, figures):
             if b[0] == "img":     # the figures follow the text, each on its own page
                 b = ("p", f"(Figure {Path(b[1]).name}: on a page after the text.)")
             if b[0] == "table":
-                chunk, rows = 0, list(b[2])
+                rows = list(b[2])
                 while rows:
                     fit = int((y - 0.04) / 0.0135) - 1
                     if fit < 2:
@@ -2448,7 +2449,7 @@ def study_main(args):
     """python plot.py --study OUT [-o OUT/study_report.pdf]: write the study report, print where."""
     if args.out and Path(args.out).suffix != ".pdf":
         raise UsageError(f"-o with --study names the report's PDF (ending in .pdf), got '{args.out}'")
-    study, rows, (method, ms, notes), paths = write_study_report(args.study, args.out)
+    study, _, (method, ms, notes), paths = write_study_report(args.study, args.out)
     for size in study.sizes:
         print(f"size {size.label}: " + (verdict_line(size.analysis) if size.analysis else "no finished comparison run"))
     print(method)
