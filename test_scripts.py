@@ -182,7 +182,7 @@ def env(tmp_path):
 def bash(env, *args, extra_env=None, cwd=None):
     e = dict(env["env"], **(extra_env or {}))
     return subprocess.run(["bash", *args], cwd=cwd or env["repo"], env=e,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=300)  # a safety net, also on a busy machine
 
 
 def calls(env):
