@@ -111,6 +111,18 @@ def test_quick_start_and_the_three_documented_commands_in_order(corpus, tmp_path
     assert snapshot(repo / "out") == before
 
 
+def test_the_readme_quick_start_shows_exactly_these_commands():
+    """The commands the test above runs are the README's, literally (its tiny overrides aside)."""
+    readme = (HERE / "README.md").read_text()
+    block = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.startswith("    ")]
+    assert ["pip install -r requirements.txt && python train.py config/baseline.py",
+                        "pip install -r requirements-dev.txt && python -m pytest -q",
+                        "python train.py config/baseline.py --use_rmsnorm=True",
+                        "python sample.py --ckpt out/ckpt.pt",
+                        "python plot.py out/*/log.txt"] == commands[:5], commands
+
+
 def test_the_default_out_dir_is_named_by_the_switches_that_are_on():
     base = str(HERE / "config" / "baseline.py")
     assert train.parse_args([base]).out_dir == "out/baseline"
