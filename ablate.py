@@ -4,7 +4,7 @@ config key) tuned per arm (--tune), at several model sizes (--scale), with per-s
 at once (--jobs), resumable, or as dependent SLURM job arrays (--print-slurm, --submit, --task/--stage).
 
     bash ablate.sh --switches rope --tune learning_rate=1e-3,3e-3,1e-2 --tune_docs=20 \\
-        --scale n_embd=32,64 --seeds 2 --jobs 2 --out out/study config/cpu_study.py
+        --scale n_embd=32,64 --seeds 2 --jobs 2 --out out/study config/cpu_ablation.py
 
 ablate.sh hands every command with a study option (--tune, --tune-seeds, --scale, --tokens,
 --tokens-per-param, --jobs, --stage, --submit) to this file; plain ablations stay in ablate.sh.
