@@ -5,7 +5,6 @@ command line, process or package matters. Run with: python -m pytest -q test_com
 import hashlib
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -20,6 +19,7 @@ import pytest
 
 import sample
 import train
+from test_train import StopAt, write_corpus
 
 HERE = Path(__file__).resolve().parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -30,12 +30,7 @@ TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=2, val_doc
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    rng = random.Random(3)
-    words = "the cat sat on a mat while rain fell over the quiet river and dogs ran home".split()
-    path = tmp_path_factory.mktemp("data") / "corpus.jsonl"
-    path.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(10, 60)))})
-                            + "\n" for _ in range(40)))
-    return path
+    return write_corpus(tmp_path_factory.mktemp("data") / "corpus.jsonl", n_docs=40)
 
 
 def tiny_args(corpus, **kw):
@@ -139,15 +134,6 @@ def test_the_default_out_dir_is_named_by_the_switches_that_are_on():
 # -----------------------------------------------------------------------------
 # No run erases another: each way a fresh run could land on an existing one
 
-class StopAt(train.StopFlag):
-    """A stop signal at a given step (a SLURM warning, as it reaches the loop)."""
-
-    def __init__(self, at):
-        super().__init__()
-        self.at = at
-
-    def requested(self, step):
-        return "TEST" if step >= self.at else None
 
 
 def test_a_fresh_run_over_a_finished_run_is_refused_unless_overwrite(corpus, tmp_path, capfd):

@@ -574,10 +574,10 @@ class Run:
                 ckpt = None
             if ckpt is not None and not results:
                 return ckpt
-        self.start_afresh(mode, results)
+        self.start_afresh(results)
         return None
 
-    def start_afresh(self, mode, results):
+    def start_afresh(self, results):
         """A fresh start needs an out_dir without a run in it. A run found there (log, results, checkpoints)
         is refused, named, with the ways out; --overwrite=True deletes its files instead (and says so).
         This same config's run stopped before its first checkpoint (a log alone) simply starts again."""
@@ -594,23 +594,34 @@ class Run:
         elif self.cfg.overwrite:
             print(f"--overwrite=True: deleting the run in {self.out} ({', '.join(sorted(f.name for f in files))})")
         else:
-            step = max((r.get("step", 0) for r in log), default=None)
-            what = (f"a finished run (val nll {results.get('val_nll', math.nan):.4f})" if results else
-                    f"an unfinished run (checkpoint ckpt.pt, log up to step {step})" if has_ckpt else
-                    f"the log of a run stopped at step {step} before its first checkpoint" if log else
-                    "a run's files (" + ", ".join(sorted(f.name for f in files)) + ")")
-            if differ:
-                shown = differ[:4]
-                what += (" that has " + ", ".join(f"{k}={config_value(other, k)!r}" for k in shown)
-                         + " but the config says " + ", ".join(f"{k}={getattr(self.cfg, k)!r}" for k in shown)
-                         + (f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""))
-            go_on = ("--resume=auto to continue it" if not differ else "--resume=True to continue it with this "
-                     "config" if not set(differ or ()) & set(MODEL_KEYS) else None) if has_ckpt else None
-            ways = ["another --out_dir", *([go_on] if go_on else []), "--overwrite=True to delete it and start afresh"]
-            raise UserError(f"{self.out} already holds {what}; nothing was changed. Use "
-                            + ", ".join(ways[:-1]) + " or " + ways[-1])
+            raise UserError(self.refusal(files, log, results, has_ckpt, other, differ))
         for f in files:
             f.unlink(missing_ok=True)
+
+    def refusal(self, files, log, results, has_ckpt, other, differ):
+        """The one-line error for a fresh run into an out_dir that holds another run: what is there, how its
+        config differs (other: its config, differ: the differing keys), and the ways out."""
+        step = max((r.get("step", 0) for r in log), default=None)
+        if results:
+            what = f"a finished run (val nll {results.get('val_nll', math.nan):.4f})"
+        elif has_ckpt:
+            what = f"an unfinished run (checkpoint ckpt.pt, log up to step {step})"
+        elif log:
+            what = f"the log of a run stopped at step {step} before its first checkpoint"
+        else:
+            what = "a run's files (" + ", ".join(sorted(f.name for f in files)) + ")"
+        if differ:
+            shown = differ[:4]
+            what += (" that has " + ", ".join(f"{k}={config_value(other, k)!r}" for k in shown)
+                     + " but the config says " + ", ".join(f"{k}={getattr(self.cfg, k)!r}" for k in shown)
+                     + (f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""))
+        ways = ["another --out_dir"]
+        if has_ckpt and not differ:
+            ways.append("--resume=auto to continue it")
+        elif has_ckpt and not set(differ) & set(MODEL_KEYS):  # same model: it can go on with this config
+            ways.append("--resume=True to continue it with this config")
+        ways.append("--overwrite=True to delete it and start afresh")
+        return f"{self.out} already holds {what}; nothing was changed. Use " + ", ".join(ways[:-1]) + " or " + ways[-1]
 
     def check_checkpoint(self, ckpt, mode):
         """ckpt if this run can continue from it; refused if it holds no training state or another model
