@@ -423,11 +423,17 @@ def load_run(path):
     log_path = path / "log.txt" if path.is_dir() else path
     if not log_path.is_file():
         raise UsageError(f"no such file: {log_path}")
+    run = read_run(log_path)
+    if not run.train and not run.evals:
+        raise UsageError(f"no usable train/eval rows in {log_path}")
+    return run
+
+
+def read_run(log_path):
+    """The Run of an existing log.txt and the results.json beside it, whatever rows the log has."""
     events = read_log(log_path)
     start, train, evals = clean_events(events)
-    if not train and not evals:
-        raise UsageError(f"no usable train/eval rows in {log_path}")
-    out_dir = log_path.resolve().parent
+    out_dir = Path(log_path).resolve().parent
     results = None
     if (out_dir / "results.json").is_file():
         try:
@@ -1784,21 +1790,11 @@ def run_state(folder):
     log = Path(folder) / "log.txt"
     if not log.is_file():
         return None, "not started", "not started"
-    try:
-        run = load_run(folder)
-    except UsageError:   # no train or eval row in the log, e.g. a run that diverged at its first step
-        events = read_log(log)
-        res = Path(folder) / "results.json"
-        name, exp, seed = run_identity(Path(folder).resolve())
-        run = Run(name, Path(folder).resolve(), exp, seed, start=clean_events(events)[0], nan_event=divergence(events))
-        try:
-            run.results = json.loads(res.read_text()) if res.is_file() else None
-        except ValueError:
-            pass
-        if run.status == "finished":
-            return run, "finished", "finished"
-        return None, run.status, f"{run.status} (no train or eval row in its log)"
-    return run, run.status, run.status_text
+    run = read_run(log)
+    if run.train or run.evals or run.status == "finished":
+        return run, run.status, run.status_text
+    # no train or eval row in the log (e.g. a run that diverged at its first step): no step to name
+    return None, run.status, f"{run.status} (no train or eval row in its log)"
 
 
 def seed_folders(folder):
