@@ -1722,8 +1722,9 @@ def write_report(runs, pdf_path, beta, samples, sample_desc, design=None):
     pdf_path.parent.mkdir(parents=True, exist_ok=True)
     md_path, png_path = pdf_path.with_suffix(".md"), pdf_path.with_suffix(".png")
     a = analyze(runs, design)
-    if tokens_line(a)[1]:
-        print(f"plot.py: {tokens_line(a)[0]}", file=sys.stderr)
+    tokens, unequal = tokens_line(a)
+    if unequal:
+        print(f"plot.py: {tokens}", file=sys.stderr)
     title = f"gpt-ablate report: {pdf_path.resolve().parent.name}"
 
     plt = _pyplot()
@@ -2547,12 +2548,12 @@ def main(argv=None):
     if args.report:
         desc = (f'Samples: prompt "{clean_text(args.sample_prompt)}", {args.sample_tokens} new tokens, '
                 f"temperature 0.8, top_k 50, seed {args.sample_seed}; lowest-seed ckpt.pt of each experiment")
+        a = analyze(runs)   # design.json read (or the design inferred) once: the samples' groups, the report
         samples = {} if args.no_samples else generate_report_samples(
-            group_by_experiment(runs, [e["name"] for e in (find_design(runs) or {}).get("experiments", [])]),
-            args.sample_prompt, args.sample_tokens, seed=args.sample_seed)
+            a.groups, args.sample_prompt, args.sample_tokens, seed=args.sample_seed)
         if args.no_samples:
             desc = "Samples: skipped (--no_samples)"
-        a, paths = write_report(runs, args.report, args.smooth, samples, desc)
+        a, paths = write_report(runs, args.report, args.smooth, samples, desc, a.design)
         print()
         print(design_line(a))
         print(markdown_tables(a))
