@@ -38,11 +38,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import train   # the config, switch registry, model (parameters, FLOPs) and helpers of train.py
+
 HERE = Path(__file__).resolve().parent
 PROG = "ablate.py"
 PY = os.environ.get("PYTHON") or sys.executable  # the interpreter of train.py and plot.py
 TUNE_SEED0 = 1000          # tuning seeds are 1001, 1002, ...; comparison seeds 1..N (at most 1000)
-EXIT_NAN, EXIT_STOPPED = 3, 75
+EXIT_NAN, EXIT_STOPPED = train.EXIT_NAN, train.EXIT_PREEMPTED
 MANAGED = ("out_dir", "seed", "resume", "eval_set")   # set per run by this file
 
 
@@ -56,11 +58,6 @@ def say(msg):
 
 def quote(cmd):
     return " ".join(shlex.quote(str(a)) for a in cmd)
-
-
-def fmt_time(s):
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def script(name):  # train.py / plot.py: relative names when run from the repo root (readable commands)
@@ -126,16 +123,16 @@ def parse_number(text, what):
     return value
 
 
-def parse_grid(spec, opt, tr):
+def parse_grid(spec, opt):
     """'KEY=v1,v2,...' -> (key, [value strings]); each value checked against the key's type."""
     key, eq, text = spec.partition("=")
     key = key.strip().lstrip("-").replace("-", "_")
     values = [v.strip() for v in text.split(",")]
     if not eq or not key or not text or "" in values:
         raise UsageError(f"{opt} expects KEY=v1,v2,... (got '{spec}')")
-    if key not in tr.CONFIG_FIELDS:
+    if key not in train.CONFIG_FIELDS:
         raise UsageError(f"{opt} {spec}: unknown config key '{key}'")
-    if key in tr.SWITCHES.values():
+    if key in train.SWITCHES.values():
         raise UsageError(f"{opt} {spec}: {key} is a switch; choose switches with --switches")
     if key in MANAGED + ("tune_docs", "data_seed", "max_iters", "max_time"):
         raise UsageError(f"{opt} {spec}: {key} is set by the study itself and cannot be varied")
@@ -143,8 +140,8 @@ def parse_grid(spec, opt, tr):
         if not re.fullmatch(r"[A-Za-z0-9._+-]+", v):
             raise UsageError(f"{opt} {spec}: the value '{v}' may only use the characters A-Z a-z 0-9 . _ + -")
         try:
-            tr.coerce(key, v, opt)
-        except tr.UserError as e:
+            train.coerce(key, v, opt)
+        except train.UserError as e:
             raise UsageError(str(e)) from None
     if len(set(values)) != len(values):
         raise UsageError(f"{opt} {spec}: a value is listed twice")
@@ -159,9 +156,7 @@ def arg_key(a):  # the config key of a train.py argument (--out-dir=x -> out_dir
 # the study: design, sizes, tuning grid, budgets (everything that study.json records)
 
 def make_study(args):
-    import plot   # the designs (plot.py --print-design) and, through it, train.py's switch registry
-    import train
-    tr = train
+    import plot   # the designs (plot.py --print-design)
     seeds = positive_int(args.seeds, "--seeds", limit=TUNE_SEED0)
     tune_seeds = positive_int(args.tune_seeds, "--tune-seeds", limit=1000)
     jobs = positive_int(args.jobs, "--jobs")
@@ -183,13 +178,13 @@ def make_study(args):
     value_keys = {s["key"] for s in design["switches"] if s["off"] is None}
     tune = None
     if args.tune:
-        key, values = parse_grid(args.tune, "--tune", tr)
+        key, values = parse_grid(args.tune, "--tune")
         if len(values) < 2:
             raise UsageError(f"--tune {args.tune}: give at least two values to choose from")
         tune = {"key": key, "values": values, "seeds": [TUNE_SEED0 + i for i in range(1, tune_seeds + 1)]}
     elif args.tune_seeds != "1":
         raise UsageError("--tune-seeds needs --tune")
-    scale = [parse_grid(s, "--scale", tr) for s in args.scale]
+    scale = [parse_grid(s, "--scale") for s in args.scale]
     keys = [k for k, _ in scale]
     if len(set(keys)) != len(keys):
         raise UsageError("--scale: a key is given twice")
@@ -213,7 +208,7 @@ def make_study(args):
         k = arg_key(a)
         if k in MANAGED:
             raise UsageError(f"the study sets --{k} itself (got '{a}'); use --out DIR / --seeds N")
-        if k in tr.SWITCHES.values():
+        if k in train.SWITCHES.values():
             raise UsageError(f"the study sets the switches itself, per experiment (got '{a}'); "
                              "choose them with --design/--switches/--switch")
         if k in keys:
@@ -224,17 +219,17 @@ def make_study(args):
     cfgs, params, flops = [], [], []
     for s in sizes:
         try:
-            cfg = tr.parse_args(train_args + [f"--{k}={v}" for k, v in s["args"].items()])
-        except tr.UserError as e:
+            cfg = train.parse_args(train_args + [f"--{k}={v}" for k, v in s["args"].items()])
+        except train.UserError as e:
             raise UsageError(f"train.py arguments{' at size ' + s['name'] if s['name'] else ''}: {e}") from None
         if tune and cfg.tune_docs <= 0:
             raise UsageError("--tune needs a tuning set held out from training and validation: pass "
                              "--tune_docs=K (e.g. --tune_docs=20; the comparison runs get it too, so both "
                              "stages train on the same documents)")
-        model = tr.GPT(cfg)
+        model = train.GPT(cfg)
         cfgs.append(cfg)
         params.append(model.num_params())
-        flops.append(tr.flops_per_token(model))
+        flops.append(train.flops_per_token(model))
     tokens_per_step = [c.batch_size * c.block_size for c in cfgs]
     budget = {"rule": "config", "tokens_per_step": tokens_per_step, "params": params, "flops_per_token": flops}
     if args.tokens or args.tokens_per_param:
@@ -320,7 +315,7 @@ class Study:
         def same_design(a, b):
             return (a.get("design"), [(e["name"], e["args"]) for e in a.get("experiments", [])]) == \
                    (b.get("design"), [(e["name"], e["args"]) for e in b.get("experiments", [])])
-        want = {k: v for k, v in self.spec.items()}
+        want = self.spec
         path = self.out / "study.json"
         if path.is_file():
             have = json.loads(path.read_text())
@@ -452,7 +447,6 @@ def probe(st, i, exp, duration, max_iters=None):
 
 def shape_arms(st):
     """One experiment per distinct model (arms that differ only in schedule switches run at one speed)."""
-    import train
     schedule = {k for k in train.SWITCHES.values() if not train.CONFIG_FIELDS[k].metadata["shape"]}
     seen = {}
     for e in st.exps:
@@ -517,13 +511,8 @@ def estimate(st):
     for r in st.runs:
         steps = st.max_iters[r.size]
         total += (secs[r.size, r.exp["name"]] * steps if steps else
-                  train_seconds(st.budget["duration"]))
+                  train.parse_duration(st.budget["duration"]))
     return total
-
-
-def train_seconds(duration):
-    import train
-    return train.parse_duration(duration)
 
 
 # -----------------------------------------------------------------------------
@@ -572,8 +561,8 @@ class Runner:
         elapsed = time.time() - self.t0
         left = len(st.runs) - done
         rate = elapsed / self.finished_here if self.finished_here else None
-        say(f"[{done}/{len(st.runs)} runs done] {run.label}: {what}; elapsed {fmt_time(elapsed)}"
-            + (f", about {fmt_time(rate * left)} left" if rate and left else ""))
+        say(f"[{done}/{len(st.runs)} runs done] {run.label}: {what}; elapsed {train.format_seconds(elapsed)}"
+            + (f", about {train.format_seconds(rate * left)} left" if rate and left else ""))
 
     def start(self, run, chosen):
         cmd = self.st.command(run, chosen)
@@ -595,7 +584,7 @@ class Runner:
             nll = json.loads((run.dir / "results.json").read_text()).get("val_nll")
             if isinstance(nll, (int, float)) and math.isfinite(nll):
                 self.finished_here += 1
-                self.progress(run, f"{'tuning' if run.stage == 'tune' else 'val'} nll {nll:.4f} in {fmt_time(seconds)}")
+                self.progress(run, f"{'tuning' if run.stage == 'tune' else 'val'} nll {nll:.4f} in {train.format_seconds(seconds)}")
                 return
             rc = EXIT_NAN
         elif rc == 0:
@@ -604,7 +593,8 @@ class Runner:
             rc = EXIT_STOPPED  # our forwarded signal came before train.py could catch it (still starting)
         if rc == EXIT_NAN:
             self.finished_here += 1
-            msg = [e.get("message") for e in read_events(run.dir / "log.txt") if e.get("event") == "nan"]
+            log = run.dir / "log.txt"
+            msg = [e.get("message") for e in train.read_log(log) if e.get("event") == "nan"] if log.is_file() else []
             write_json(run.dir / "diverged.json", {"exit_code": rc, "message": (msg or [None])[-1], "when": now_iso()})
             self.progress(run, f"DIVERGED (exit code {rc}; recorded in {run.dir / 'diverged.json'})")
             return
@@ -663,13 +653,6 @@ class Runner:
                 return False
             choices[run.size] = make_choice(self.st, run.size)
         return True
-
-
-def read_events(path):
-    try:
-        return [json.loads(ln) for ln in open(path) if ln.strip().startswith("{")]
-    except (OSError, ValueError):
-        return []
 
 
 def describe_rc(rc):
@@ -838,8 +821,8 @@ def main(argv=None):
             return 0
         if args.dry_run or args.print_slurm:
             seconds = estimate(st)
-            say(f"estimate: {fmt_time(seconds)} of training in {len(st.runs)} runs"
-                + (f", about {fmt_time(seconds / st.jobs)} with --jobs {st.jobs}" if st.jobs > 1 else "")
+            say(f"estimate: {train.format_seconds(seconds)} of training in {len(st.runs)} runs"
+                + (f", about {train.format_seconds(seconds / st.jobs)} with --jobs {st.jobs}" if st.jobs > 1 else "")
                 + " on this machine (start-up of each run not counted)")
             if args.dry_run:
                 for r in st.runs:
