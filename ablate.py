@@ -464,21 +464,28 @@ def calibrate(st, i):
             raise StudyError(2, f"{path} was calibrated for --budget {have.get('budget')}, not --budget {dur}: "
                                 "pass the same --budget, or a new --out")
         return have["max_iters"]
-    lock = path.with_name(".budget.lock")
-    limit, start = float(os.environ.get("ABLATE_BUDGET_WAIT", 3600)), time.time()
-    while True:  # one process calibrates (a job array's first task); the others wait for budget.json
+    # One process calibrates (a job array's first task), holding [SIZE/].lock as train.py holds a run's folder
+    # (a lock of a dead process on this host is taken over); the others wait for budget.json.
+    limit, start, lock = float(os.environ.get("ABLATE_BUDGET_WAIT", 3600)), time.time(), path.with_name(".lock")
+    waiting = False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
         try:
-            lock.parent.mkdir(parents=True, exist_ok=True)
-            lock.mkdir()
+            train.lock_out_dir(path.parent)
             break
-        except FileExistsError:
+        except train.UserError:
             if path.is_file():
                 return calibrate(st, i)
+            if not waiting:
+                say(f"waiting for {path}: another task is calibrating --budget {dur} (lock {lock})")
+                waiting = True
             if time.time() - start > limit:
                 raise StudyError(1, f"waited {limit:.0f}s for {path}; if the calibrating task died, remove "
                                     f"{lock} and rerun (ABLATE_BUDGET_WAIT sets the wait)") from None
             time.sleep(float(os.environ.get("ABLATE_BUDGET_POLL", 5)))
     try:
+        if path.is_file():  # written by the task that held the lock before
+            return calibrate(st, i)
         per_arm, by_model = {}, shape_arms(st)
         for e in st.exps:
             m = by_model[e["name"]]
@@ -492,7 +499,7 @@ def calibrate(st, i):
                           "created": now_iso(), "train_args": st.spec["train_args"]})
         return n
     finally:
-        lock.rmdir()
+        lock.unlink(missing_ok=True)
 
 
 def estimate(st):

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -352,6 +353,37 @@ def test_budget_calibrates_each_size_once_from_the_slowest_arm(fake):
     r = study(fake, *args)
     assert r.returncode == 0 and len([c for c in map(json.loads, Path(fake["FAKE_CALLS"]).read_text().splitlines())
                                       if "--steps-in=1h" in c]) == 4
+
+
+def test_budget_waits_for_a_live_calibration_lock_and_takes_over_a_dead_one(fake):
+    """[SIZE/].lock held by a live process (this one): the study says it waits, and once budget.json is there
+    (written, then the lock released) it uses it and probes nothing, even though it then gets the lock. A lock
+    of a process that is gone (this host) is taken over: the study calibrates."""
+    args = ["--switches", "rope", "--budget", "1h", "--no-report",
+            *[a for a in STUDY_ARGS if not a.startswith("--max_iters")]]
+    out = fake["OUT"]
+    out.mkdir()
+    (out / ".lock").write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    env = {**os.environ, "PYTHON": fake["PYTHON"], "ABLATE_BUDGET_POLL": "0.05"}
+    p = subprocess.Popen([sys.executable, "ablate.py", "--out", str(out), *args], cwd=HERE, env=env,
+                         stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:
+        if "waiting for" in line:
+            break
+    (out / "budget.json").write_text(json.dumps({"budget": "1h", "max_iters": 77, "per_arm": {}}))
+    (out / ".lock").unlink()
+    rest = p.stderr.read()
+    assert p.wait(timeout=300) == 0, rest
+    assert {opts(c)["max_iters"] for c in calls(fake)} == {"77"} and len(calls(fake)) == 2
+    assert not any("--steps-in=1h" in c for c in map(json.loads, Path(fake["FAKE_CALLS"]).read_text().splitlines()))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    other = out.parent / "other"
+    other.mkdir()
+    (other / ".lock").write_text(f"{socket.gethostname()} {dead.pid}\n")
+    r = study(fake, *args, out=other)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((other / "budget.json").read_text())["max_iters"] == 800 and not (other / ".lock").exists()
 
 
 @pytest.mark.parametrize("args, message", [
