@@ -7,7 +7,7 @@ at once (--jobs), resumable, or as dependent SLURM job arrays (--print-slurm, --
         --scale n_embd=32,64 --seeds 2 --jobs 2 --out out/study config/cpu_ablation.py
 
 ablate.sh hands every command with a study option (--tune, --tune-seeds, --scale, --tokens,
---tokens-per-param, --jobs, --stage, --submit) to this file; plain ablations stay in ablate.sh.
+--tokens-per-param, --jobs, --experiments, --stage, --submit) to this file; plain ablations stay in ablate.sh.
 Three jobs, three files: train.py trains one run, this file runs a study (stages, sizes, budgets, arrays,
 resume), plot.py reads the results (statistics, figures, report) and makes the designs (--print-design).
 

@@ -7,7 +7,7 @@ budgets, resume, --jobs and job arrays.
   known function of the learning rate, so a study runs in a second or two): the layout, the choice per
   arm (mean over tuning seeds, a diverged value skipped, the edge warning), tuning seeds never the
   comparison seeds, per-size budgets, resume, a different study refused, --jobs, --task.
-* one real tiny study end to end (real train.py, both stages, two sizes).
+(A real tiny study, real train.py in both stages, runs as two dependent job arrays in test_slurm.py.)
 """
 
 import json
