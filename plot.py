@@ -740,6 +740,24 @@ def config_on_set(run, switches):
     return frozenset(on)
 
 
+def design_on_set(design, run):
+    """The switch names a run had on: its experiment's in the design (what ablate.sh passed), else its config's."""
+    for e in design.get("experiments", []):
+        if e["name"] == run.experiment:
+            return frozenset(e.get("on", []))
+    return config_on_set(run, design.get("switches") or [])
+
+
+def factorial_cells(design, run_values):
+    """{seed: {frozenset(switches on): value}} of [(run, value)], for factorial_effects."""
+    cells = {}
+    for run, v in run_values:
+        on = design_on_set(design, run)
+        if run.seed is not None and on is not None:
+            cells.setdefault(run.seed, {})[on] = v
+    return cells
+
+
 def infer_design(groups):
     """A design dict without design.json: from the folder names (as ablate.sh names them) and configs."""
     registry = registered_switches()
@@ -851,13 +869,8 @@ def analyze(runs, design=None):
     switches = design.get("switches") or []
     design_on = {e["name"]: e.get("on", []) for e in design.get("experiments", [])}
     kind, ref, notes = design["design"], design.get("reference", "baseline"), []
-
-    def run_on(run):  # design.json first (what ablate.sh passed), else the run's config
-        if run.experiment in design_on:
-            return frozenset(design_on[run.experiment])
-        return config_on_set(run, switches)
-
-    rows = [summarize_experiment(e, rs, run_on(rs[0]) if rs else None, switches, kind) for e, rs in groups.items()]
+    rows = [summarize_experiment(e, rs, design_on_set(design, rs[0]) if rs else None, switches, kind)
+            for e, rs in groups.items()]
     registry = registered_switches()
     cfg_on = lambda r: (None if any(k not in r.config for k in registry.values())
                         else {n for n, k in registry.items() if r.config[k] is True})
@@ -870,11 +883,7 @@ def analyze(runs, design=None):
     seeds = sorted({r.seed for r in runs if r.seed is not None})
     if kind == "factorial":
         names = [s["name"] for s in switches]
-        cells_by_seed = {}
-        for r in finished:
-            on = run_on(r)
-            if r.seed is not None and on is not None:
-                cells_by_seed.setdefault(r.seed, {})[on] = r.val_nll
+        cells_by_seed = factorial_cells(design, [(r, r.val_nll) for r in finished])
         samples, used, skipped = factorial_effects(cells_by_seed, names) if names else ({}, [], [])
         skipped = sorted(set(skipped) | (set(seeds) - set(cells_by_seed)))
         if skipped:
@@ -1391,15 +1400,7 @@ def curve_samples(a, step_values):
     [(run, val NLL at that step)], on the seeds the final comparison used (finished runs only)."""
     if a.family_kind == "effects":
         names = [s["name"] for s in a.design.get("switches", [])]
-        design_on = {e["name"]: frozenset(e.get("on", [])) for e in a.design.get("experiments", [])}
-        cells = {}
-        for run, v in step_values:
-            on = design_on.get(run.experiment)
-            if on is None:
-                on = config_on_set(run, a.design.get("switches", []))
-            if on is not None and run.seed is not None:
-                cells.setdefault(run.seed, {})[on] = v
-        effects, used, _ = factorial_effects(cells, names)
+        effects, used, _ = factorial_effects(factorial_cells(a.design, step_values), names)
         return {e: vals for e, vals in effects.items() if used}
     ref = a.design.get("reference", "baseline")
     by = {}
