@@ -645,6 +645,10 @@ def test_report_figures_show_the_answer(ablation_dir):
     low, high = nll.get_ylim()
     assert low > 2.6 and high < 4.5          # the end of training (2.8-3.3), not the start (~11)
     plt.close(fig)
+    # a seed without the step-50 evaluation: swiglu's Δ skips that step (a mean over fewer seeds would jump)
+    run = a.groups["swiglu"][1]
+    run.evals = [r for r in run.evals if r["step"] != 50]
+    assert list(plot.delta_curves(a)["swiglu"][0]) == [0, 100]
 
 
 def test_report_without_curves_says_so(tmp_path):
@@ -857,6 +861,14 @@ def test_report_factorial_inferred_without_design_json(tmp_path):
     assert [s["name"] for s in a.design["switches"]] == ["swiglu", "rope", "cosine"]
     assert a.family["swiglu"]["mean"] == pytest.approx(-0.08, abs=0.005)
     assert a.family["swiglu × rope"]["mean"] == pytest.approx(0.02, abs=0.005)
+    # every cell's val curve is its final NLL + the same shape, so each effect is the same at every evaluation
+    curves = plot.delta_curves(a)
+    assert set(curves) == set(a.family)
+    for e, (steps, mean, _, _) in curves.items():
+        assert list(steps) == [0, 50, 100] and mean == pytest.approx([a.family[e]["mean"]] * 3, abs=1e-9), e
+    # one cell of seed 1 without the step-50 evaluation: no effect has a point there (seed 2 alone would jump)
+    a.groups["swiglu+rope"][0].evals = [r for r in a.groups["swiglu+rope"][0].evals if r["step"] != 50]
+    assert all(list(steps) == [0, 100] for steps, *_ in plot.delta_curves(a).values())
 
 
 def assert_text_inside_page(fig):
