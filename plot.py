@@ -1185,7 +1185,7 @@ def _signed(x, digits=4):
 def pairs_cell(name, a):
     """How many seeds a comparison (or effect) used, and which, when they are not all the design's seeds."""
     used = a.used_seeds.get(name, [])
-    return str(len(used)) if list(used) == list(a.seeds) else f"{len(used)} (seeds {_seed_list(used) if used else 'none'})"
+    return str(len(used)) if list(used) == list(a.seeds) else f"{len(used)} (seeds {_seed_list(used)})"
 
 
 def stats_cells(name, st, a):
@@ -1639,8 +1639,10 @@ def build_report_figure(a, samples, sample_desc, beta, title):
         y -= h + 0.008
 
     for s, kind in report_text(a):
-        size = (6 if dense else 6.5) if kind == "small" else 7 if dense else 8
-        width = (160 if dense else 150) if kind == "small" else 132 if dense else 125
+        if kind == "small":
+            size, width = (6, 160) if dense else (6.5, 150)
+        else:
+            size, width = (7, 132) if dense else (8, 125)
         kw = {"weight": "bold"} if kind in ("bold", "warn") else {}
         if kind == "warn":
             kw["color"] = "#c00000"
@@ -2110,7 +2112,8 @@ def sensitivity_figure(study, rows):
     the chosen value starred, a diverged value an x at the top; log x when the values are positive and span
     10x or more."""
     plt = _pyplot()
-    order, nums = grid_order(study.values), _numeric(grid_order(study.values))
+    order = grid_order(study.values)
+    nums = _numeric(order)
     xs = nums if nums else list(range(len(order)))
     log_x = bool(nums) and min(nums) > 0 and max(nums) >= 10 * min(nums)
     n = len(study.sizes)
@@ -2225,7 +2228,13 @@ def _fmt_flops(x):
 
 
 def _fmt_mult(x):
-    return "n/a" if x is None or math.isnan(x) else "∞" if math.isinf(x) else f"{x:.2f}x"
+    if x is None or math.isnan(x):
+        return "n/a"
+    return "∞" if math.isinf(x) else f"{x:.2f}x"
+
+
+def _fmt_interval(m):
+    return f"[{_fmt_mult(m.interval[0])}, {_fmt_mult(m.interval[1])}]" if m.interval else "n/a"
 
 
 def study_blocks(study, rows, mult, pngs):
@@ -2330,8 +2339,7 @@ def study_blocks(study, rows, mult, pngs):
         blocks.append(("table", ["size", "arm", "val NLL", "arm FLOPs", f"{ref} FLOPs for that NLL", "multiplier",
                                  "95% interval", "warning"],
                        [[m.size, m.experiment, f"{m.loss:.4f}", _fmt_flops(m.flops), _fmt_flops(m.base_flops),
-                         _fmt_mult(m.value), f"[{_fmt_mult(m.interval[0])}, {_fmt_mult(m.interval[1])}]"
-                         if m.interval else "n/a", m.warning.split(":")[0] if m.warning else ""] for m in ms]))
+                         _fmt_mult(m.value), _fmt_interval(m), (m.warning or "").split(":")[0]] for m in ms]))
         blocks.append(("p", "A multiplier above 1 means the arm reaches its loss with less compute than the "
                             f"{ref} needs for it (2.00x: the {ref} needs twice the compute)."))
         for m in ms:
@@ -2452,8 +2460,8 @@ def study_main(args):
         print(f"size {size.label}: " + (verdict_line(size.analysis) if size.analysis else "no finished comparison run"))
     print(method)
     for m in ms:
-        interval = f"[{_fmt_mult(m.interval[0])}, {_fmt_mult(m.interval[1])}]" if m.interval else "n/a"
-        print(f"size {m.size}, {m.experiment}: {_fmt_mult(m.value)} {interval}" + (f"  ({m.warning})" if m.warning else ""))
+        print(f"size {m.size}, {m.experiment}: {_fmt_mult(m.value)} {_fmt_interval(m)}"
+              + (f"  ({m.warning})" if m.warning else ""))
     for n in notes:
         print(n)
     print("wrote " + ", ".join(map(str, paths)))
