@@ -768,29 +768,20 @@ def study_created(st):
 
 
 # -----------------------------------------------------------------------------
-# the report (plot.py): the study report if plot.py has --study, else a report per size
+# the report (plot.py): the study report, or a plain ablation's report
 
 def report(st):
     plot = [PY, script("plot.py")]
     if st.tune or st.scaled:
-        has_study = "--study" in subprocess.run(plot + ["--help"], capture_output=True, text=True).stdout
-        if has_study:
-            cmds = [(plot + ["--study", str(st.out)], st.out / "study_report.pdf")]
-        else:
-            say("plot.py has no --study yet: writing one report per size of the comparison runs instead")
-            cmds = []
-            for i in range(len(st.sizes)):
-                logs = [str(r.dir / "log.txt") for r in st.stages["compare"] if r.size == i and r.state() == "done"]
-                cmds.append((plot + logs + ["--report", str(st.size_dir(i) / "report.pdf")], st.size_dir(i) / "report.pdf"))
+        cmd, pdf = plot + ["--study", str(st.out)], st.out / "study_report.pdf"
     else:
-        logs = [str(r.dir / "log.txt") for r in st.runs if (r.dir / "log.txt").is_file()]
-        cmds = [(plot + logs + ["--report", str(st.out / "report.pdf")], st.out / "report.pdf")]
-    for cmd, pdf in cmds:
-        say(f"$ {quote(cmd)}")
-        rc = subprocess.run(cmd).returncode
-        if rc != 0:
-            raise StudyError(rc, f"all runs finished, but plot.py failed with exit code {rc}; rerun: {quote(cmd)}")
-        say(f"report written: {pdf}")
+        pdf = st.out / "report.pdf"
+        cmd = plot + [str(r.dir / "log.txt") for r in st.runs if (r.dir / "log.txt").is_file()] + ["--report", str(pdf)]
+    say(f"$ {quote(cmd)}")
+    rc = subprocess.run(cmd).returncode
+    if rc != 0:
+        raise StudyError(rc, f"all runs finished, but plot.py failed with exit code {rc}; rerun: {quote(cmd)}")
+    say(f"report written: {pdf}")
 
 
 # -----------------------------------------------------------------------------

@@ -110,8 +110,6 @@ with open(calls, "a") as f:
 if Path(argv[0]).name == "ablate.py":  # ablate.sh hands a study to ablate.py: that one runs for real
     os.execv(sys.executable, [sys.executable] + argv)
 if Path(argv[0]).name == "plot.py":
-    if "--help" in argv:
-        print("usage: plot.py [logs ...] [--report PDF]" + os.environ.get("FAKE_PLOT_HELP", ""))
     sys.exit(0)
 a = {{}}
 for x in argv[1:]:
@@ -405,19 +403,16 @@ def test_study_errors_are_one_line(fake, args, message):
     assert not fake["OUT"].exists() and calls(fake) == []
 
 
-@pytest.mark.parametrize("has_study", [True, False])
-def test_the_report_is_plot_py_study_or_else_one_report_per_size(fake, has_study):
-    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", "--scale", "n_embd=16,32", *STUDY_ARGS,
-              extra_env={"FAKE_PLOT_HELP": " [--study OUT]" if has_study else ""})
+def test_the_report_is_plot_py_study_or_for_a_plain_ablation_plot_py_report(fake):
+    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", "--scale", "n_embd=16,32", *STUDY_ARGS)
     assert r.returncode == 0, r.stderr
-    reports = [c[1:] for c in calls(fake, "plot.py") if "--help" not in c]
     out = fake["OUT"]
-    if has_study:
-        assert reports == [["--study", str(out)]]
-    else:
-        assert "plot.py has no --study yet" in r.stderr
-        assert reports == [[f"{out}/{size}/{exp}/seed1/log.txt" for exp in ("baseline", "rope")]
-                           + ["--report", f"{out}/{size}/report.pdf"] for size in ("n_embd=16", "n_embd=32")]
+    assert [c[1:] for c in calls(fake, "plot.py")] == [["--study", str(out)]]
+    r = study(fake, "--switches", "rope", "--jobs", "2", *STUDY_ARGS, out=out.parent / "plain")
+    assert r.returncode == 0, r.stderr
+    plain = out.parent / "plain"
+    assert calls(fake, "plot.py")[-1][1:] == [f"{plain}/{exp}/seed1/log.txt" for exp in ("baseline", "rope")] + \
+        ["--report", f"{plain}/report.pdf"]
 
 
 def test_experiments_keeps_a_subset_of_the_design(fake):
