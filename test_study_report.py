@@ -143,6 +143,27 @@ def test_bootstrap_interval_comes_from_the_seeds(tmp_path):
     assert ms[1].interval == pytest.approx((ms[1].value, ms[1].value))
 
 
+def test_multiplier_when_an_arm_or_the_reference_lacks_a_seed(tmp_path):
+    """The arm's loss is its mean over all its finished seeds (its number in the arms table), and a resample
+    that draws only reference seeds the arm lacks gives no multiplier: at the smallest size the arm lacks
+    seed 3 (1 resample in 27 draws seed 3 alone), at the middle one the reference lacks it."""
+    c = [C0 * 4 ** i for i in range(3)]
+    pair = (-0.004, 0.004)   # two seeds whose mean is the law's value, like NOISE's three
+    sizes = [("n_layer=1", {"baseline": ([log_law(c[0]) + e for e in NOISE], c[0]),
+                            "rope": ([log_law(2 * c[0]) + e for e in pair], c[0])}),
+             ("n_layer=2", {"baseline": ([log_law(c[1]) + e for e in pair], c[1]),
+                            "rope": ([log_law(2 * c[1]) + e for e in NOISE], c[1])}),
+             ("n_layer=3", {"baseline": ([log_law(c[2]) + e for e in NOISE], c[2]),
+                            "rope": ([log_law(2 * c[2]) + e for e in NOISE], c[2])})]
+    study = plot.load_study(make_study(tmp_path, sizes))
+    _, ms, notes = plot.compute_multipliers(study, n_boot=400)
+    assert [m.value for m in ms] == pytest.approx([2.0] * 3, rel=1e-9)
+    assert 0.9 * 400 < ms[0].resamples < 400 and ms[1].resamples == 400
+    assert any(n.startswith("Size n_layer=1, rope: ") and "gave no multiplier" in n for n in notes)
+    assert {"Size n_layer=1, rope: 2 of 3 comparison seeds finished.",
+            "Size n_layer=2, baseline: 2 of 3 comparison seeds finished."} <= set(study.notes)
+
+
 def test_fit_power_law_recovers_known_parameters():
     logc = np.log(np.array([1, 3, 10, 30, 100.0]))[None]
     a, b, c = plot.fit_power_law(logc, 0.7 * np.exp(-0.4 * logc) + 2.1)
@@ -314,6 +335,27 @@ def test_per_size_verdicts_and_delta_figure(tmp_path):
     plot._pyplot().close(fig)
     assert all(Path(p).is_file() for p in paths) and plot.count_pdf_pages(paths[0]) == 2   # text, Δ figure (no tuning)
     assert "![study_report_compute](study_report_compute.png)" in md
+    assert "Size n_layer=1: Verdict" in md and "Training FLOPs from: train_flops in results.json." in md
+
+
+def test_sizes_table_is_planned_until_a_run_finished(tmp_path):
+    """Before any run of a size finished, its params, tokens and FLOPs come from study.json's budget, marked
+    "(planned)"; a finished reference run's numbers take their place."""
+    root = make_study(tmp_path, [("n_layer=1", {}), ("n_layer=2", {"baseline": ([3.0], 2e12)})], seeds=1)
+    spec = json.loads((root / "study.json").read_text())
+    spec["budget"] = {"rule": "tokens", "tokens": [250_000, 500_000], "flops_per_token": [4e6, 5e6],
+                      "params": [{"total": 700_000, "non_embedding": 12_800}, {"total": 9, "non_embedding": 9}]}
+    (root / "study.json").write_text(json.dumps(spec))
+    md = report_md(root)
+    assert "| n_layer=1 | n_layer=1 | 0.700M (planned) | 0.013M (planned) | 250,000 (planned) | 1e+12 (planned) |" in md
+    assert "| n_layer=2 | n_layer=2 | 0.600M | 0.100M | 100,000 | 2e+12 |" in md
+
+
+def test_pdf_tables_flow_onto_the_next_page(tmp_path):
+    """A table longer than the page goes on over the next pages instead of running off the first."""
+    blocks = [("h", "Long"), ("table", ["name", "value"], [[f"row {i}", "x"] for i in range(150)])]
+    plot.write_study_pdf(tmp_path / "r.pdf", "t", blocks, {})
+    assert plot.count_pdf_pages(tmp_path / "r.pdf") == 3     # 64 rows, 67, then the last 19
 
 
 def test_failed_runs_are_named_and_left_out(tmp_path):
