@@ -957,3 +957,33 @@ def test_prepare_small_killed_run_leaves_no_partial_output(env):
     assert p.returncode != 0
     assert not out.exists()
     assert not [q for q in env["tmp"].iterdir() if ".tmp." in q.name]
+
+
+# ---------------------------------------------------------------------------
+# prepare_manpages.py: the second corpus
+
+def manpages(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "prepare_manpages.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def test_prepare_manpages_bad_input_is_one_line_and_nothing_is_overwritten(tmp_path):
+    kept = tmp_path / "man.jsonl"
+    kept.write_text("mine\n")
+    for args, msg in [((kept,), "exists"), ((tmp_path / "no" / "x.jsonl",), "folder not found"),
+                      ((tmp_path / "x.jsonl", "many"), "MAX_PAGES must be a whole number")]:
+        r = manpages(*args)
+        assert r.returncode != 0 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert kept.read_text() == "mine\n" and not (tmp_path / "x.jsonl").exists()
+
+
+@pytest.mark.skipif(shutil.which("groff") is None or not list(Path("/usr/share/man/man1").glob("*.gz")),
+                    reason="needs groff and manual pages")
+def test_prepare_manpages_writes_plain_text_pages(tmp_path):
+    r = manpages(tmp_path / "man.jsonl", 3)
+    assert r.returncode == 0, r.stderr
+    docs = [json.loads(line) for line in (tmp_path / "man.jsonl").read_text().splitlines()]
+    assert len(docs) == 3 and "3 pages" in r.stdout and not list(tmp_path.glob("*.tmp"))
+    for d in docs:
+        assert len(d["text"]) >= 1000 and "\x1b" not in d["text"] and "\b" not in d["text"]   # no terminal codes
+        assert d["meta"]["source"].startswith("/usr/share/man/man")

@@ -1,8 +1,6 @@
 # The CPU ablation that answers (README, "What it found on a CPU"): the seven experiments x 4 seeds on the
-# built-in demo corpus in under an hour on a 2-core CPU, two single-threaded runs at a time:
-#   for w in 0 1; do (for t in $(seq $w 2 27); do OMP_NUM_THREADS=1 bash ablate.sh --task $t --seeds 4 \
-#       --out out/cpu_ablation config/cpu_ablation.py || exit; done) & done; wait
-#   bash ablate.sh --seeds 4 --out out/cpu_ablation config/cpu_ablation.py   # skips all 28 runs, writes the report
+# built-in demo corpus in 47-83 minutes on a 2-core CPU, two single-threaded runs at a time, then the report:
+#   bash ablate.sh --seeds 4 --jobs 2 --out out/cpu_ablation config/cpu_ablation.py
 # A small model (the 50257 x 64 tied embedding is most of it) that plateaus within 500 steps of 8 x 128 tokens
 # (512k tokens per run, ~11% of the corpus), so cosine decay has a plateau to anneal from; a high learning rate
 # for its size. Nothing here is tuned per arm: every experiment runs exactly this, plus its switches.
