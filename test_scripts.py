@@ -971,7 +971,8 @@ def test_prepare_manpages_bad_input_is_one_line_and_nothing_is_overwritten(tmp_p
     kept = tmp_path / "man.jsonl"
     kept.write_text("mine\n")
     for args, msg in [((kept,), "exists"), ((tmp_path / "no" / "x.jsonl",), "folder not found"),
-                      ((tmp_path / "x.jsonl", "many"), "MAX_PAGES must be a whole number")]:
+                      ((tmp_path / "x.jsonl", "many"), "MAX_PAGES must be a whole number"),
+                      ((tmp_path / "x.jsonl", "0"), "MAX_PAGES must be a whole number of 1 or more")]:
         r = manpages(*args)
         assert r.returncode != 0 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert kept.read_text() == "mine\n" and not (tmp_path / "x.jsonl").exists()
