@@ -123,8 +123,9 @@ def parse_number(text, what):
     return value
 
 
-def parse_grid(spec, opt):
-    """'KEY=v1,v2,...' -> (key, [value strings]); each value checked against the key's type."""
+def parse_grid(spec, opt, unique=True):
+    """'KEY=v1,v2,...' -> (key, [value strings]); each value checked against the key's type. A --scale key
+    may repeat a value (n_layer=1,1,2 with n_embd=16,32,64): there the sizes must differ, not the values."""
     key, eq, text = spec.partition("=")
     key = key.strip().lstrip("-").replace("-", "_")
     values = [v.strip() for v in text.split(",")]
@@ -143,7 +144,7 @@ def parse_grid(spec, opt):
             train.coerce(key, v, opt)
         except train.UserError as e:
             raise UsageError(str(e)) from None
-    if len(set(values)) != len(values):
+    if unique and len(set(values)) != len(values):
         raise UsageError(f"{opt} {spec}: a value is listed twice")
     return key, values
 
@@ -184,7 +185,7 @@ def make_study(args):
         tune = {"key": key, "values": values, "seeds": [TUNE_SEED0 + i for i in range(1, tune_seeds + 1)]}
     elif args.tune_seeds != "1":
         raise UsageError("--tune-seeds needs --tune")
-    scale = [parse_grid(s, "--scale") for s in args.scale]
+    scale = [parse_grid(s, "--scale", unique=False) for s in args.scale]
     keys = [k for k, _ in scale]
     if len(set(keys)) != len(keys):
         raise UsageError("--scale: a key is given twice")
@@ -199,6 +200,9 @@ def make_study(args):
     n_sizes = len(scale[0][1]) if scale else 1
     sizes = [{"name": "+".join(f"{k}={v[i]}" for k, v in scale), "args": {k: v[i] for k, v in scale}}
              for i in range(n_sizes)]
+    twice = sorted({s["name"] for s in sizes if [t["name"] for t in sizes].count(s["name"]) > 1})
+    if twice:
+        raise UsageError(f"--scale: the size {twice[0]} is listed twice")
     rules = [o for o, v in (("--tokens", args.tokens), ("--tokens-per-param", args.tokens_per_param),
                             ("--budget", args.budget)) if v]
     if len(rules) > 1:

@@ -335,6 +335,15 @@ def test_per_size_token_budgets_are_printed_before_any_run(fake):
         {"16": want[0], "32": want[1]}
 
 
+def test_a_scale_key_may_repeat_a_value_when_the_sizes_differ(fake):
+    """--scale n_layer=1,1,2 --scale n_embd=16,32,32: three sizes, two of them one layer deep."""
+    r = study(fake, "--switches", "rope", "--scale", "n_layer=1,1,2", "--scale", "n_embd=16,32,32", "--dry-run",
+              *STUDY_ARGS)
+    assert r.returncode == 0, r.stderr
+    sizes = {(opts(ln.split())["n_layer"], opts(ln.split())["n_embd"]) for ln in r.stdout.splitlines()}
+    assert sizes == {("1", "16"), ("1", "32"), ("2", "32")}
+
+
 def test_budget_calibrates_each_size_once_from_the_slowest_arm(fake):
     """--budget D per size: every arm probed (fake: rope fits 800 steps, baseline 1000), the slowest arm's
     count for every run of that size, saved in SIZE/budget.json and reused by the rerun (no new probe)."""
@@ -391,6 +400,8 @@ def test_budget_waits_for_a_live_calibration_lock_and_takes_over_a_dead_one(fake
     (["--tune", "use_rope=True,False"], "use_rope is a switch"),
     (["--scale", "n_embd=16,32", "--scale", "n_layer=1"], "--scale: every key needs the same number of values"),
     (["--scale", "n_embd=16,32", "--n_embd=64"], "n_embd is set per size by --scale"),
+    (["--scale", "n_layer=1,1", "--scale", "n_embd=16,16"], "--scale: the size n_layer=1+n_embd=16 is listed twice"),
+    (["--tune", "learning_rate=1e-3,1e-3"], "--tune learning_rate=1e-3,1e-3: a value is listed twice"),
     (["--tokens", "1M,2M"], "--tokens gives 2 budgets for 1 size(s)"),
     (["--tokens", "1M", "--budget", "1h"], "--tokens and --budget: choose one budget rule"),
     (["--seed=3"], "the study sets --seed itself"),
