@@ -2121,6 +2121,7 @@ def sensitivity_figure(study, rows):
     fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(5.0 * cols, 3.9 * math.ceil(n / cols)),
                              squeeze=False)
     exps = [e["name"] for e in study.design["experiments"]]
+    two_line_title = False
     for ax, size in zip(axes.flat, study.sizes):
         edges = []
         for i, exp in enumerate(exps):
@@ -2156,6 +2157,7 @@ def sensitivity_figure(study, rows):
         ax.set_ylabel("tuning-set NLL (nats/token)")
         title = f"size {size.label}" + (f"\nchosen on the grid's edge: {', '.join(edges)}" if edges else "")
         ax.set_title(title, fontsize=9, color="#c00000" if edges else "black")
+        two_line_title = two_line_title or bool(edges)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
@@ -2167,7 +2169,8 @@ def sensitivity_figure(study, rows):
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
     fig.suptitle("Sensitivity: each arm's tuning-set NLL against the tuned value (mean over tuning seeds; dots: "
                  "single seeds)", fontsize=10)
-    fig.subplots_adjust(left=0.08 / cols ** 0.5, right=0.98, top=0.88 - 0.03 * (fig.get_figheight() > 5),
+    top = 0.88 - 0.03 * (fig.get_figheight() > 5) - 0.3 / fig.get_figheight() * two_line_title  # below the suptitle
+    fig.subplots_adjust(left=0.08 / cols ** 0.5, right=0.98, top=top,
                         bottom=0.2 / math.ceil(n / cols), wspace=0.3, hspace=0.45)   # fixed: tight_layout is slow
     return fig
 
