@@ -2103,8 +2103,34 @@ def tuning_rows(study):
             chosen = None if chosen is None else str(chosen)
             edge = bool(choice.get("edge")) or (chosen is not None and len(order) > 1 and chosen in (order[0], order[-1]))
             rows.append({"size": size.label, "experiment": exp, "chosen": chosen, "edge": edge,
-                         "scores": scores, "diverged": diverged})
+                         "scores": scores, "diverged": diverged, "close": close_call(size, exp, chosen, scores, by_value)})
     return rows
+
+
+def close_call(size, exp, chosen, scores, by_value):
+    """(margin, noise, runner-up, how) when the chosen value beat the runner-up by less than the noise of that
+    difference, else None. With 2+ tuning seeds run at both values: the standard error of the mean paired
+    difference over those seeds. With one: sd * sqrt(2), sd = the seed-to-seed sd of the arm's final val NLL
+    at this size (its comparison runs), the noise of two independent runs; runs sharing a tuning seed are
+    correlated, so this may overstate it. Such a choice may be a coin toss: more --tune-seeds settle it."""
+    others = {v: x for v, x in scores.items() if x is not None and v != chosen}
+    if chosen is None or scores.get(chosen) is None or not others:
+        return None
+    runner = min(others, key=others.get)
+    margin = others[runner] - scores[chosen]
+    a, b = by_value.get(chosen, {}), by_value.get(runner, {})
+    diffs = [b[t] - a[t] for t in a if t in b and a[t] is not None and b[t] is not None]
+    if len(diffs) >= 2:
+        noise = float(np.std(diffs, ddof=1)) / math.sqrt(len(diffs))
+        how = f"the standard error of the paired difference over {len(diffs)} tuning seeds"
+    else:
+        final = [r.val_nll for r in size.runs.get(exp, {}).values() if r.val_nll is not None]
+        if len(final) < 2:
+            return None
+        noise = float(np.std(final, ddof=1)) * math.sqrt(2)
+        how = ("sqrt(2) x the arm's seed-to-seed sd of its final val NLL: two independent runs; one tuning "
+               "seed shared by both values makes them correlated, so this may overstate it")
+    return (margin, noise, runner, how) if margin < noise else None
 
 
 def sensitivity_figure(study, rows):
@@ -2301,6 +2327,13 @@ def study_blocks(study, rows, mult, pngs):
                 blocks.append(("warn", f"WARNING: size {r['size']}, {r['experiment']}: the chosen {study.key} = "
                                        f"{r['chosen']} is on the edge of the grid; the best value may lie outside "
                                        f"it (widen the grid)."))
+        for r in rows:
+            if r["close"]:
+                margin, noise, runner, how = r["close"]
+                blocks.append(("warn", f"WARNING: size {r['size']}, {r['experiment']}: {study.key} = {r['chosen']} "
+                                       f"beat {runner} by {margin:.4f} tuning NLL, less than the noise of that "
+                                       f"difference ({noise:.4f}: {how}): the choice may be within noise "
+                                       f"(more --tune-seeds would settle it)."))
         div = [f"{r['experiment']} at {study.key} = {', '.join(r['diverged'])} (size {r['size']})"
                for r in rows if r["diverged"]]
         if div:

@@ -6,6 +6,7 @@ log axis), the edge-of-grid warning, the per-size verdicts, failed runs named, t
 train.flops_per_token, and the command line. Run: pytest -q test_study_report.py"""
 
 import json
+import shutil
 import sys
 import math
 from pathlib import Path
@@ -297,6 +298,44 @@ def test_report_names_diverged_tuning_runs_and_the_edge(tmp_path):
     # no edge, nothing diverged: no warning
     md2 = report_md(tuned_study(tmp_path / "b", diverge=("none", "none")))
     assert "edge of the grid" not in md2 and "Diverged tuning runs" not in md2
+
+
+def test_a_choice_within_the_tuning_noise_is_flagged(tmp_path):
+    """Baseline at n_embd=32: 3e-3 beats 1e-2 by 0.005 on average over the tuning seeds 1001, 1002, but the
+    paired differences are +0.03 and -0.02 (standard error 0.025): flagged. Consistent paired differences
+    (the other arms and size: the same gap on both seeds) are not, however small the noise of one run."""
+    root = tuned_study(tmp_path, diverge=("none", "none"))
+    for v, nlls in (("3e-3", (3.00, 3.04)), ("1e-2", (3.03, 3.02))):
+        for seed, nll in zip((1001, 1002), nlls):
+            write_run(root / "n_embd=32" / "tune" / "baseline" / f"learning_rate={v}" / f"seed{seed}", nll, 1e11,
+                      eval_set="tune")
+    rows = {(r["size"], r["experiment"]): r for r in plot.tuning_rows(plot.load_study(root))}
+    margin, noise, runner, how = rows[("n_embd=32", "baseline")]["close"]
+    assert runner == "1e-2" and margin == pytest.approx(0.005) and noise == pytest.approx(0.025)
+    assert "2 tuning seeds" in how
+    assert [k for k, r in rows.items() if r["close"]] == [("n_embd=32", "baseline")]
+    md = report_md(root)
+    warn = [line for line in md.splitlines() if "within noise" in line]
+    assert len(warn) == 1 and "size n_embd=32, baseline: learning_rate = 3e-3 beat 1e-2 by 0.0050" in warn[0]
+
+
+def test_with_one_tuning_seed_the_noise_is_the_comparison_runs_sd(tmp_path):
+    """One tuning seed: no paired estimate, so sqrt(2) x the arm's seed-to-seed sd of its final val NLL
+    (baseline at n_embd=32: 3.0, 3.02, 3.01, sd 0.01) against a 0.01 margin: flagged; a 0.05 margin: not."""
+    root = tuned_study(tmp_path, diverge=("none", "none"))
+    for margin, want in ((0.01, True), (0.05, False)):
+        for v in LRS:
+            for seed in (1001, 1002):
+                run = root / "n_embd=32" / "tune" / "baseline" / f"learning_rate={v}" / f"seed{seed}"
+                if seed == 1002:
+                    shutil.rmtree(run, ignore_errors=True)
+                else:
+                    write_run(run, {"3e-3": 3.0, "1e-2": 3.0 + margin}.get(v, 4.0), 1e11, eval_set="tune")
+        row = next(r for r in plot.tuning_rows(plot.load_study(root))
+                   if (r["size"], r["experiment"]) == ("n_embd=32", "baseline"))
+        assert bool(row["close"]) is want
+        if want:
+            assert row["close"][1] == pytest.approx(0.01 * math.sqrt(2)) and "sqrt(2)" in row["close"][3]
 
 
 def test_tuning_run_scored_on_the_validation_set_is_flagged(tmp_path):
