@@ -356,8 +356,8 @@ def opt(argv, key):
 
 
 # --------------------------------------------------------------------------- the ablation array
-# Submitted once, at the first test, with a low priority (--nice): its 2 x (number of experiments) short
-# tasks fill the CPU that the one-CPU tests below leave free, and every job those tests submit goes
+# Submitted once, at the first test, with a low priority (--nice): its 4 short tasks (2 experiments x 2
+# seeds) use the CPU that the one-CPU tests below leave free, and every job those tests submit goes
 # first. test_ablation_job_array_then_report (last) waits for it and checks it.
 ABLATION_TEST = "test_ablation_job_array_then_report"
 
@@ -367,8 +367,9 @@ def ablation(request, cluster, corpus):
     if not any(item.name == ABLATION_TEST for item in request.session.items):
         return None  # not selected: don't spend the CPU
     out = cluster.base / "runs" / "ablation"
-    args = ["--seeds", "2", "--out", str(out), f"--data_path={corpus}", *TINY, "--max_iters=6",
-            "--eval_interval=3"]
+    # two experiments (baseline, rope) x 2 seeds: the array mechanics; every design's runs are test_ablate.py's
+    args = ["--switches", "rope", "--seeds", "2", "--out", str(out), f"--data_path={corpus}", *TINY,
+            "--max_iters=6", "--eval_interval=3"]
     env = job_env(cluster)
     a = dict(out=out, args=args, env=env, error=None)
     r = subprocess.run(["bash", "ablate.sh", *args, "--print-slurm"], cwd=ROOT, env=env, capture_output=True,
