@@ -35,8 +35,10 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -1857,19 +1859,22 @@ def drop_near_duplicates(docs, share=0.3, n=8):
     document kept before it, and it holds under `share` of that one's: the standard library has families
     of near-copies (the encodings/cp*.py tables; help topics quoted inside larger ones) that would let
     validation text be memorized from training text."""
-    owners, sizes, kept = {}, [], []  # shingle -> the kept documents it is in (the first 16)
+    owners, sizes, kept = {}, [], []  # shingle -> the kept documents it is in (the first 16), a tuple
     for doc in docs:
         words = re.findall(r"\w+", doc[0])
-        shingles = {hash(tuple(words[i:i + n])) for i in range(max(1, len(words) - n + 1))}
-        counts = {}
-        for sh in shingles:
-            for k in owners.get(sh, ()):
-                counts[k] = counts.get(k, 0) + 1
+        # zip of n shifted copies: the n-word runs, built in C (a document under n words is one shingle)
+        if len(words) >= n:
+            shingles = set(map(hash, zip(*(words[i:] for i in range(n)))))
+        else:
+            shingles = {hash(tuple(words))}
+        shared = shingles & owners.keys()
+        counts = Counter(chain.from_iterable(map(owners.__getitem__, shared)))  # kept document -> shared
         if any(c >= share * min(len(shingles), sizes[k]) for k, c in counts.items()):
             continue
-        for sh in shingles:
-            if len(owners.setdefault(sh, [])) < 16:
-                owners[sh].append(len(kept))
+        for sh in shared:
+            if len(owners[sh]) < 16:
+                owners[sh] += (len(kept),)
+        owners.update(dict.fromkeys(shingles - shared, (len(kept),)))
         sizes.append(len(shingles))
         kept.append(doc)
     return kept
