@@ -200,9 +200,10 @@ def make_study(args):
     n_sizes = len(scale[0][1]) if scale else 1
     sizes = [{"name": "+".join(f"{k}={v[i]}" for k, v in scale), "args": {k: v[i] for k, v in scale}}
              for i in range(n_sizes)]
-    twice = sorted({s["name"] for s in sizes if [t["name"] for t in sizes].count(s["name"]) > 1})
+    names = [s["name"] for s in sizes]
+    twice = next((name for name in names if names.count(name) > 1), None)
     if twice:
-        raise UsageError(f"--scale: the size {twice[0]} is listed twice")
+        raise UsageError(f"--scale: the size {twice} is listed twice")
     rules = [o for o, v in (("--tokens", args.tokens), ("--tokens-per-param", args.tokens_per_param),
                             ("--budget", args.budget)) if v]
     if len(rules) > 1:

@@ -2103,7 +2103,8 @@ def tuning_rows(study):
             chosen = None if chosen is None else str(chosen)
             edge = bool(choice.get("edge")) or (chosen is not None and len(order) > 1 and chosen in (order[0], order[-1]))
             rows.append({"size": size.label, "experiment": exp, "chosen": chosen, "edge": edge,
-                         "scores": scores, "diverged": diverged, "close": close_call(size, exp, chosen, scores, by_value)})
+                         "scores": scores, "diverged": diverged,
+                         "close": close_call(size, exp, chosen, scores, by_value)})
     return rows
 
 
@@ -2121,13 +2122,13 @@ def close_call(size, exp, chosen, scores, by_value):
     a, b = by_value.get(chosen, {}), by_value.get(runner, {})
     diffs = [b[t] - a[t] for t in a if t in b and a[t] is not None and b[t] is not None]
     if len(diffs) >= 2:
-        noise = float(np.std(diffs, ddof=1)) / math.sqrt(len(diffs))
+        noise = mean_std(diffs)[1] / math.sqrt(len(diffs))
         how = f"the standard error of the paired difference over {len(diffs)} tuning seeds"
     else:
-        final = [r.val_nll for r in size.runs.get(exp, {}).values() if r.val_nll is not None]
-        if len(final) < 2:
+        sd = mean_std([r.val_nll for r in size.runs.get(exp, {}).values()])[1]
+        if sd is None:
             return None
-        noise = float(np.std(final, ddof=1)) * math.sqrt(2)
+        noise = sd * math.sqrt(2)
         how = ("sqrt(2) x the arm's seed-to-seed sd of its final val NLL: two independent runs; one tuning "
                "seed shared by both values makes them correlated, so this may overstate it")
     return (margin, noise, runner, how) if margin < noise else None
@@ -2147,7 +2148,6 @@ def sensitivity_figure(study, rows):
     fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(5.0 * cols, 3.9 * math.ceil(n / cols)),
                              squeeze=False)
     exps = [e["name"] for e in study.design["experiments"]]
-    two_line_title = False
     for ax, size in zip(axes.flat, study.sizes):
         edges = []
         for i, exp in enumerate(exps):
@@ -2183,7 +2183,6 @@ def sensitivity_figure(study, rows):
         ax.set_ylabel("tuning-set NLL (nats/token)")
         title = f"size {size.label}" + (f"\nchosen on the grid's edge: {', '.join(edges)}" if edges else "")
         ax.set_title(title, fontsize=9, color="#c00000" if edges else "black")
-        two_line_title = two_line_title or bool(edges)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
@@ -2195,6 +2194,7 @@ def sensitivity_figure(study, rows):
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
     fig.suptitle("Sensitivity: each arm's tuning-set NLL against the tuned value (mean over tuning seeds; dots: "
                  "single seeds)", fontsize=10)
+    two_line_title = any(r["edge"] for r in rows)  # a panel's title names the edge choices on a second line
     top = 0.88 - 0.03 * (fig.get_figheight() > 5) - 0.3 / fig.get_figheight() * two_line_title  # below the suptitle
     fig.subplots_adjust(left=0.08 / cols ** 0.5, right=0.98, top=top,
                         bottom=0.2 / math.ceil(n / cols), wspace=0.3, hspace=0.45)   # fixed: tight_layout is slow
