@@ -6,20 +6,25 @@ at once (--jobs), resumable, or as dependent SLURM job arrays (--print-slurm, --
     bash ablate.sh --switches rope --tune learning_rate=1e-3,3e-3,1e-2 --tune_docs=20 \\
         --scale n_embd=32,64 --seeds 2 --jobs 2 --out out/study config/cpu_ablation.py
 
-ablate.sh hands every command with a study option (--tune, --tune-seeds, --scale, --tokens,
---tokens-per-param, --jobs, --experiments, --stage, --submit) to this file; plain ablations stay in ablate.sh.
+ablate.sh hands every command with a study option (--tune, --tune-seeds, --tune-max-extend, --warmup-frac,
+--scale, --tokens, --tokens-per-param, --jobs, --experiments, --stage, --submit) to this file; plain ablations
+stay in ablate.sh.
 Three jobs, three files: train.py trains one run, this file runs a study (stages, sizes, budgets, arrays,
 resume), plot.py reads the results (statistics, figures, report) and makes the designs (--print-design).
 
 A study, per size: the tuning stage runs every arm at every --tune value with the tuning seeds
-(1001, 1002, ...: never a comparison seed), evaluated on the tuning set (train.py --eval_set=tune: the
+(1001, 1002 by default: never a comparison seed), evaluated on the tuning set (train.py --eval_set=tune: the
 tune_docs documents just before the validation set, held out from training in both stages); each arm's
-value with the lowest mean final tuning NLL is chosen (a diverged value is a result, skipped); the
-comparison stage runs every arm at its chosen value with seeds 1..N on the validation set. Layout:
+value with the lowest mean final tuning NLL is chosen (a diverged value is a result, skipped). While an
+arm's best value is the lowest or highest value tried, it is tuned again one grid step beyond it (a round;
+at most --tune-max-extend values per side), so the choice is inside the values tried. The comparison stage
+then runs every arm at its chosen value with seeds 1..N on the validation set. warmup_iters follows each
+size's steps (--warmup-frac; by default the config's own fraction), unless given. Layout:
 
     OUT/study.json, OUT/design.json                          the study, written once; another is refused
     OUT/[SIZE/]tune/<experiment>/<KEY>=<value>/seed<k>/     tuning runs (SIZE = n_layer=2+n_embd=64)
-    OUT/[SIZE/]choice.json                                   scores, diverged runs, choice per arm
+    OUT/[SIZE/]choice.json                                   per arm: values tried (round, why), scores, choice,
+                                                             its margin and noise, why it stayed on an edge
     OUT/[SIZE/]<experiment>/seed<k>/                         comparison runs
     OUT/[SIZE/]budget.json                                   --budget: the calibrated step count
     OUT/console/...                                          with --jobs > 1: each run's console output
@@ -44,6 +49,8 @@ HERE = Path(__file__).resolve().parent
 PROG = "ablate.py"
 PY = os.environ.get("PYTHON") or sys.executable  # the interpreter of train.py and plot.py
 TUNE_SEED0 = 1000          # tuning seeds are 1001, 1002, ...; comparison seeds 1..N (at most 1000)
+TUNE_SEEDS = 2             # tuning seeds per value by default: every choice has a noise estimate (SEEDS_RULE)
+MAX_EXTEND = 3             # values tried beyond the grid on a side at most, by default (--tune-max-extend)
 EXIT_NAN, EXIT_STOPPED = train.EXIT_NAN, train.EXIT_PREEMPTED
 MANAGED = ("out_dir", "seed", "resume", "eval_set")   # set per run by this file
 
@@ -88,7 +95,9 @@ def get_args(argv):
     p.add_argument("--seeds", default="1")
     p.add_argument("--out", default="out/ablate")
     p.add_argument("--tune")
-    p.add_argument("--tune-seeds", default="1")
+    p.add_argument("--tune-seeds")
+    p.add_argument("--tune-max-extend")
+    p.add_argument("--warmup-frac")
     p.add_argument("--scale", action="append", default=[])
     p.add_argument("--tokens")
     p.add_argument("--tokens-per-param")
@@ -96,6 +105,7 @@ def get_args(argv):
     p.add_argument("--jobs", default="1")
     p.add_argument("--task")
     p.add_argument("--stage", choices=("tune", "compare"))
+    p.add_argument("--round")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--print-slurm", action="store_true")
     p.add_argument("--submit", action="store_true")
@@ -159,7 +169,10 @@ def arg_key(a):  # the config key of a train.py argument (--out-dir=x -> out_dir
 def make_study(args):
     import plot   # the designs (plot.py --print-design)
     seeds = positive_int(args.seeds, "--seeds", limit=TUNE_SEED0)
-    tune_seeds = positive_int(args.tune_seeds, "--tune-seeds", limit=1000)
+    tune_seeds = positive_int(args.tune_seeds or TUNE_SEEDS, "--tune-seeds", limit=1000)
+    max_extend = args.tune_max_extend or str(MAX_EXTEND)
+    if not re.fullmatch(r"\d+", max_extend) or int(max_extend) > 20:
+        raise UsageError(f"--tune-max-extend must be an integer from 0 to 20 (got '{max_extend}')")
     jobs = positive_int(args.jobs, "--jobs")
     if not args.out:
         raise UsageError("--out must not be empty")
@@ -182,9 +195,12 @@ def make_study(args):
         key, values = parse_grid(args.tune, "--tune")
         if len(values) < 2:
             raise UsageError(f"--tune {args.tune}: give at least two values to choose from")
-        tune = {"key": key, "values": values, "seeds": [TUNE_SEED0 + i for i in range(1, tune_seeds + 1)]}
-    elif args.tune_seeds != "1":
-        raise UsageError("--tune-seeds needs --tune")
+        tune = {"key": key, "values": values, "seeds": [TUNE_SEED0 + i for i in range(1, tune_seeds + 1)],
+                "max_extend": int(max_extend)}
+    else:
+        given = [o for o, v in (("--tune-seeds", args.tune_seeds), ("--tune-max-extend", args.tune_max_extend)) if v]
+        if given:
+            raise UsageError(f"{given[0]} needs --tune")
     scale = [parse_grid(s, "--scale", unique=False) for s in args.scale]
     keys = [k for k, _ in scale]
     if len(set(keys)) != len(keys):
@@ -256,21 +272,52 @@ def make_study(args):
         budget["max_iters"] = [c.max_iters for c in cfgs]
     if "max_iters" in budget:
         budget["tokens"] = [m * n for m, n in zip(budget["max_iters"], tokens_per_step)]
+    tuned = bool(tune) and tune["key"] == "warmup_iters"
+    explicit = tuned or "warmup_iters" in keys + [arg_key(a) for a in train_args]
+    budget["warmup"] = warmup_rule(args.warmup_frac, cfgs, budget.get("max_iters"), explicit, tuned)
     study = {"design": design, "seeds": seeds, "tune": tune, "sizes": sizes, "budget": budget,
              "train_args": train_args}
     return Study(study, Path(args.out.rstrip("/") or "/"), jobs, cfgs)
 
 
+def warmup_rule(frac_text, cfgs, max_iters, explicit, tuned):
+    """budget["warmup"]: warmup_iters per size. As given when the user sets it (--warmup_iters=N, or as a --tune or
+    --scale key); else max(1, round(F x the size's max_iters)), F = --warmup-frac or by default the config's own
+    warmup_iters / max_iters (so a size at the config's steps keeps the config's warmup)."""
+    if explicit:
+        if frac_text:
+            raise UsageError("--warmup-frac sets warmup_iters per size: do not also set warmup_iters "
+                             "(--warmup_iters, --tune or --scale)")
+        return {"rule": "as given", "fraction": None, "warmup_iters": [None if tuned else c.warmup_iters for c in cfgs]}
+    if frac_text:
+        try:
+            frac = float(frac_text)
+        except ValueError:
+            frac = None
+        if frac is None or not 0 < frac < 1:
+            raise UsageError(f"--warmup-frac must be a number between 0 and 1, e.g. 0.1 (got '{frac_text}')")
+        rule = "--warmup-frac"
+    else:
+        frac, rule = cfgs[0].warmup_iters / cfgs[0].max_iters, "the config's warmup_iters / max_iters"
+    return {"rule": rule, "fraction": frac,
+            "warmup_iters": [warmup_steps(frac, m) for m in max_iters or [None] * len(cfgs)]}
+
+
+def warmup_steps(frac, max_iters):
+    return max(1, round(frac * max_iters)) if max_iters else None
+
+
 class Run:
     """One train.py run of the study."""
 
-    def __init__(self, st, size, stage, exp, seed, value=None):
-        self.size, self.stage, self.exp, self.seed, self.value = size, stage, exp, seed, value
+    def __init__(self, st, size, stage, exp, seed, value=None, rnd=0):
+        self.size, self.stage, self.exp, self.seed, self.value, self.round = size, stage, exp, seed, value, rnd
         base = st.size_dir(size)
         self.dir = (base / "tune" / exp["name"] / f"{st.tune['key']}={value}" / f"seed{seed}" if stage == "tune"
                     else base / exp["name"] / f"seed{seed}")
         self.label = (f"{exp['name']} seed {seed}" + (f" {st.tune['key']}={value}" if stage == "tune" else "")
-                      + (f" [{stage}]" if st.tune else "") + (f" [{st.sizes[size]['name']}]" if st.scaled else ""))
+                      + (f" [{stage}{f' round {rnd}' if rnd else ''}]" if st.tune else "")
+                      + (f" [{st.sizes[size]['name']}]" if st.scaled else ""))
 
     def state(self):
         if (self.dir / "results.json").is_file():
@@ -294,15 +341,36 @@ class Study:
                     self.stages["tune"] += [Run(self, i, "tune", e, s, v) for v in self.tune["values"]
                                             for s in self.tune["seeds"]]
                 self.stages["compare"] += [Run(self, i, "compare", e, s) for s in range(1, self.seeds + 1)]
-        self.runs = self.stages["tune"] + self.stages["compare"]
+        self.runs = self.stages["tune"] + self.stages["compare"]   # the runs known before any tuning result
+
+    def all_runs(self):
+        """The runs known now: the grid's tuning runs, those beyond the grid that tuning results called for
+        (choice.json's "tried" once it is written), and the comparison runs."""
+        tune = []
+        for i in range(len(self.sizes)):
+            path = self.size_dir(i) / "choice.json"
+            choice = json.loads(path.read_text())["by_experiment"] if self.tune and path.is_file() else None
+            for e in self.exps if self.tune else []:
+                tried = (choice[e["name"]].get("tried") or [{"value": v, "round": 0} for v in self.tune["values"]]
+                         if choice else tuning(self, i, e)["tried"])
+                tune += [Run(self, i, "tune", e, s, t["value"], t["round"]) for t in tried for s in self.tune["seeds"]]
+        return tune + self.stages["compare"]
 
     def size_dir(self, i):
         return self.out / self.sizes[i]["name"] if self.sizes[i]["name"] else self.out
 
     def budget_args(self, i):
-        if self.budget["rule"] == "config":
-            return []
-        return [f"--max_iters={self.max_iters[i] or 'CALIBRATED'}", "--max_time="]
+        out = [] if self.budget["rule"] == "config" else [f"--max_iters={self.max_iters[i] or 'CALIBRATED'}",
+                                                          "--max_time="]
+        frac = self.budget["warmup"]["fraction"]
+        if frac is not None and self.warmup_iters(i) != self.cfgs[i].warmup_iters:  # the config's steps: its warmup
+            out.append(f"--warmup_iters={self.warmup_iters(i) or f'{frac:g}xCALIBRATED'}")
+        return out
+
+    def warmup_iters(self, i):
+        """Size i's warmup_iters (None: --budget not calibrated yet, or warmup_iters is the tuned key)."""
+        w = self.budget["warmup"]
+        return w["warmup_iters"][i] if w["fraction"] is None else warmup_steps(w["fraction"], self.max_iters[i])
 
     def command(self, run, chosen=None):
         """train.py's argument list for a run (chosen: the tuned value of a comparison run)."""
@@ -357,7 +425,21 @@ def write_json(path, obj):
 
 
 # -----------------------------------------------------------------------------
-# the choice: per size and arm, the tuned value with the lowest mean final NLL on the tuning set
+# the choice: per size and arm, the tuned value with the lowest mean final NLL on the tuning set; while that
+# value is the lowest or highest value tried, the grid grows on that side, one value per round
+
+DONE = ("done", "diverged")
+EXTEND_RULE = ("round 0 runs the grid; while an arm's best value (lowest mean tuning NLL; a diverged value is a "
+               "bad result) is the lowest or highest value tried, the next round runs the next value beyond it, "
+               "at most max_extend values on a side; a geometric grid (every value > 0) steps by its mean ratio, "
+               "by decades where that ratio is a root of 10 (1-3-10, 1-2-5 grids), any other grid by its mean "
+               "difference, never below 0 unless a grid value is negative; the choice is made once the best value "
+               "is inside the values tried or the grid cannot grow (edge_reason says why)")
+SEEDS_RULE = ("the choice is the lowest mean over the tuning seeds (2 by default); margin = the runner-up's mean "
+              "minus the chosen one's, noise = the standard error of their paired difference over the tuning "
+              "seeds (none with one seed): a margin below the noise is a warning, the two values are equally "
+              "good within noise (more --tune-seeds would settle it)")
+
 
 def run_nll(run):
     """The final tuning-set NLL of a finished tuning run; None if it diverged (exit code 3, a non-finite
@@ -372,57 +454,153 @@ def run_nll(run):
     return nll if isinstance(nll, (int, float)) and math.isfinite(nll) else None
 
 
-def choose(values, nlls):
-    """values: the grid (strings, in the user's order); nlls: {value: {seed: NLL or None (diverged)}}.
-    A value with a diverged seed is out of the choice. Returns the choice.json entry of one arm."""
-    scores = {v: (None if any(x is None for x in nlls[v].values()) else sum(nlls[v].values()) / len(nlls[v]))
-              for v in values}
-    diverged = {v: sorted(s for s, x in nlls[v].items() if x is None) for v in values
-                if any(x is None for x in nlls[v].values())}
-    ok = [v for v in values if scores[v] is not None]
-    chosen = min(ok, key=lambda v: scores[v]) if ok else None
+def numeric_order(values):
     try:
-        order = sorted(values, key=float)  # a numeric grid: its edges are its smallest and largest value
+        return sorted(values, key=float)  # a numeric grid: its edges are its smallest and largest value
     except ValueError:
-        order = list(values)
+        return list(values)
+
+
+def choose(values, nlls):
+    """values: the values tried (strings); nlls: {value: {seed: NLL or None (diverged)}}. A value with a diverged
+    seed is out of the choice. Returns the choice.json entry of one arm: the scores (mean NLL) in the values'
+    order, diverged, chosen, edge (chosen is the lowest or highest value tried), and its margin over the
+    runner-up with the noise of that margin (SEEDS_RULE)."""
+    scores = {v: (None if any(x is None for x in nlls[v].values()) else sum(nlls[v].values()) / len(nlls[v]))
+              for v in numeric_order(values)}
+    diverged = {v: sorted(s for s, x in nlls[v].items() if x is None) for v in scores
+                if any(x is None for x in nlls[v].values())}
+    ok = [v for v in scores if scores[v] is not None]
+    chosen = min(ok, key=scores.get) if ok else None
+    runner = min((v for v in ok if v != chosen), key=scores.get, default=None)
+    margin = noise = None
+    if runner is not None:
+        margin = scores[runner] - scores[chosen]
+        diffs = [nlls[runner][s] - nlls[chosen][s] for s in nlls[chosen] if s in nlls[runner]]
+        if len(diffs) >= 2:
+            mean = sum(diffs) / len(diffs)
+            noise = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
     return {"scores": scores, "diverged": diverged, "chosen": chosen,
-            "edge": chosen is not None and chosen in (order[0], order[-1])}
+            "edge": chosen is not None and chosen in (list(scores)[0], list(scores)[-1]),
+            "runner_up": runner, "margin": margin, "noise": noise,
+            "within_noise": None if noise is None else margin < noise}
+
+
+def extension(key, grid, side, j):
+    """(the j-th value beyond the grid's low or high end as a string, None), or (None, why there is none).
+    Every value > 0: a geometric grid, its step the mean ratio r = (max/min)^(1/(n-1)); where r^m = 10 within
+    15% for a whole m <= n (1-3-10 and 1-2-5 grids) the grid repeats by decades (beyond 1e-3,3e-3,1e-2: 3e-2,
+    1e-1, 3e-1; below it 3e-4, 1e-4), else edge x or / r^j. Else (a value <= 0) arithmetic: edge +/- j x the
+    mean difference, never below 0 unless a grid value is negative. An irregular grid steps by its mean step."""
+    typ = train.CONFIG_FIELDS[key].type
+    if typ not in (int, float, "int", "float"):
+        return None, f"{key} is not numeric"
+    xs = sorted(float(v) for v in grid)
+    n = len(xs)
+    if xs[0] > 0:
+        step = math.log10(xs[-1] / xs[0]) / (n - 1)   # decades per step
+        m = round(1 / step)
+        if 1 <= m <= n and abs(m * step - 1) < 0.06:
+            q = n - 1 + j if side == "high" else -j           # the index of the new value on the grid's lattice
+            p = n - m + (q - n + m) % m if side == "high" else q % m   # the grid value a whole number of decades away
+            x = xs[p] * 10 ** ((q - p) // m)
+        else:
+            x = xs[-1] * 10 ** (step * j) if side == "high" else xs[0] / 10 ** (step * j)
+    else:
+        d = (xs[-1] - xs[0]) / (n - 1)
+        x = xs[-1] + j * d if side == "high" else xs[0] - j * d
+        if x < 0 <= xs[0]:
+            return None, f"{key} stays >= 0 (no grid value is negative)"
+    if typ in (int, "int"):
+        text = str(round(x))
+    else:
+        text = f"{x:.4g}"
+        if "e" in text or any("e" in v.lower() for v in grid):
+            mantissa, _, exponent = f"{x:.3e}".partition("e")
+            text = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    if xs[0] > 0 and float(text) <= 0:
+        return None, f"{key} stays > 0 (the grid is geometric)"
+    return text, None
+
+
+def tuning(st, i, e):
+    """Arm e's tuning at size i as far as its finished runs go (EXTEND_RULE). Returns {"tried": [{"value",
+    "round", "why"}], "round": the last round so far, "waiting": its unfinished runs, "choice": once no run is
+    waiting, choose()'s entry with "edge_reason" (why a best value on the edge stayed there) and "tried"}."""
+    key, grid, seeds, bound = st.tune["key"], st.tune["values"], st.tune["seeds"], st.tune["max_extend"]
+    tried = [{"value": v, "round": 0, "why": "the grid"} for v in grid]
+    extended = {"low": 0, "high": 0}
+    while True:
+        rnd = tried[-1]["round"]
+        runs = [Run(st, i, "tune", e, s, t["value"], rnd) for t in tried if t["round"] == rnd for s in seeds]
+        waiting = [r for r in runs if r.state() not in DONE]
+        if waiting:
+            return {"tried": tried, "round": rnd, "waiting": waiting, "choice": None}
+        values = [t["value"] for t in tried]
+        c = choose(values, {v: {s: run_nll(Run(st, i, "tune", e, s, v)) for s in seeds} for v in values})
+        reason = None
+        if c["edge"]:
+            side = "low" if c["chosen"] == next(iter(c["scores"])) else "high"
+            value, reason = (None, f"--tune-max-extend {bound} values beyond the grid on that side, all tried")
+            if extended[side] < bound:
+                value, reason = extension(key, grid, side, extended[side] + 1)
+            if value is not None and float(value) in map(float, values):
+                value, reason = None, f"the grid's step rounds to {key}={value}, already tried"
+            if value is not None:
+                try:
+                    train.parse_args(st.spec["train_args"] + [f"--{k}={v}" for k, v in st.sizes[i]["args"].items()]
+                                     + e["args"] + [f"--{key}={value}"])
+                except train.UserError as err:
+                    value, reason = None, f"the next value {key}={value} is not valid: {err}"
+            if value is not None:
+                extended[side] += 1
+                tried.append({"value": value, "round": rnd + 1, "why": f"after round {rnd} the best value "
+                              f"{key}={c['chosen']} was the {side}est tried"})
+                continue
+        c.update(edge_reason=reason, tried=tried)
+        return {"tried": tried, "round": rnd, "waiting": [], "choice": c}
 
 
 def make_choice(st, i):
-    """OUT/[SIZE/]choice.json from the finished tuning runs of size i (written once; then read back)."""
+    """OUT/[SIZE/]choice.json once every arm's tuning at size i is decided (written once; then read back)."""
     path = st.size_dir(i) / "choice.json"
     if path.is_file():
         return json.loads(path.read_text())
-    runs = [r for r in st.stages["tune"] if r.size == i]
-    waiting = [r for r in runs if r.state() not in ("done", "diverged")]
+    size = f" at {st.sizes[i]['name']}" if st.scaled else ""
+    walks = {e["name"]: tuning(st, i, e) for e in st.exps}
+    waiting = [r for w in walks.values() for r in w["waiting"]]
     if waiting:
         raise StudyError(1, f"the tuning stage{' of size ' + st.sizes[i]['name'] if st.scaled else ''} is not "
-                            f"finished ({len(runs) - len(waiting)} of {len(runs)} runs; e.g. {waiting[0].dir}): "
-                            "run it first (a comparison job array waits for it with --dependency=afterok)")
+                            f"finished ({len(waiting)} tuning runs to go, e.g. {waiting[0].dir}): run it first "
+                            "(a comparison job array waits for it with --dependency=afterok)")
     key, out, warnings = st.tune["key"], {}, []
-    for e in st.exps:
-        nlls = {v: {} for v in st.tune["values"]}
-        for r in runs:
-            if r.exp is e:
-                nlls[r.value][r.seed] = run_nll(r)
-        c = out[e["name"]] = choose(st.tune["values"], nlls)
-        where = f"{e['name']}" + (f" at {st.sizes[i]['name']}" if st.scaled else "")
+    for name, w in walks.items():
+        c = out[name] = w["choice"]
+        where = name + size
         if c["chosen"] is None:
-            raise StudyError(1, f"{where}: every {key} value diverged in tuning ({', '.join(st.tune['values'])}); "
+            raise StudyError(1, f"{where}: every {key} value diverged in tuning ({', '.join(c['scores'])}); "
                                 f"nothing to compare: use a grid of lower values")
         for v, seeds in c["diverged"].items():
             warnings.append(f"{where}: {key}={v} diverged (tuning seeds {', '.join(map(str, seeds))}): "
                             "too high for this arm, left out of the choice")
         if c["edge"]:
-            warnings.append(f"{where}: the best {key}={c['chosen']} is on the edge of the grid; the optimum may "
-                            "lie beyond it: extend the grid")
-    choice = {"key": key, "by_experiment": out, "warnings": warnings}
+            warnings.append(f"{where}: the best {key}={c['chosen']} is on the edge of the values tried "
+                            f"({c['edge_reason']}); the optimum may lie beyond it")
+        if c["within_noise"]:
+            warnings.append(f"{where}: {key}={c['chosen']} beat {c['runner_up']} by {c['margin']:.4f}, less than "
+                            f"the noise of that difference ({c['noise']:.4f}, its standard error over "
+                            f"{len(st.tune['seeds'])} tuning seeds): equally good within noise")
+    choice = {"key": key, "by_experiment": out, "warnings": warnings, "max_extend": st.tune["max_extend"],
+              "tuning_seeds": st.tune["seeds"], "max_iters": st.max_iters[i], "warmup_iters": st.warmup_iters(i),
+              "rules": {"extend": EXTEND_RULE, "seeds": SEEDS_RULE, "warmup": st.budget["warmup"]["rule"]}}
     write_json(path, choice)
     for w in warnings:
         say(f"warning: {w}")
-    say(f"chose {key} per arm{' at ' + st.sizes[i]['name'] if st.scaled else ''}: "
-        + ", ".join(f"{n} {c['chosen']}" for n, c in out.items()) + f" ({path})")
+    for name, c in out.items():
+        beyond = [f"{t['value']} (round {t['round']})" for t in c["tried"] if t["round"]]
+        if beyond:
+            say(f"{name}{size}: tried beyond the grid: {', '.join(beyond)}")
+    say(f"chose {key} per arm{size}: " + ", ".join(f"{n} {c['chosen']}" for n, c in out.items()) + f" ({path})")
     return choice
 
 
@@ -534,29 +712,38 @@ def print_plan(st):
     b = st.budget
     say(f"study in {st.out}: design {st.design['design']} ({', '.join(e['name'] for e in st.exps)}), "
         f"{st.seeds} comparison seed(s) (1..{st.seeds})"
-        + (f"; tuning {st.tune['key']} over {', '.join(st.tune['values'])} with tuning seed(s) "
+        + (f"; tuning {st.tune['key']} over {', '.join(st.tune['values'])} (and up to {st.tune['max_extend']} "
+           f"values beyond it on the side of a best value on its edge, --tune-max-extend) with tuning seed(s) "
            f"{', '.join(map(str, st.tune['seeds']))}, on the tuning set" if st.tune else ""))
     rule = {"config": "max_iters of the config", "tokens": "--tokens per size",
             "tokens_per_param": f"--tokens-per-param {b.get('ratio')} x non-embedding params",
             "budget": f"--budget {b.get('duration')} (the slowest arm's steps, calibrated per size)"}[b["rule"]]
+    w = b["warmup"]
     for i, s in enumerate(st.sizes):
         n_t = sum(r.size == i for r in st.stages["tune"])
         n_c = sum(r.size == i for r in st.stages["compare"])
-        steps = st.max_iters[i]
+        steps, warmup = st.max_iters[i], st.warmup_iters(i)
         say(f"  size {s['name'] or '(the config)'}: {b['params'][i]['total']:,} params "
             f"({b['params'][i]['non_embedding']:,} non-embedding), "
             + (f"{steps} steps x {b['tokens_per_step'][i]} = {steps * b['tokens_per_step'][i]:,} tokens "
                f"({b['flops_per_token'][i] * steps * b['tokens_per_step'][i]:.3g} FLOPs, baseline) per run"
                if steps else "steps calibrated at the start")
+            + (f", warmup_iters {warmup}" + (f" ({warmup / steps:.0%} of the steps)" if steps else "")
+               if warmup else "")
             + f"; {n_t + n_c} runs" + (f" ({n_t} tuning + {n_c} comparison)" if st.tune else ""))
-    say(f"  budget rule: {rule}; {len(st.runs)} runs in all")
+    say(f"  budget rule: {rule}; warmup_iters: "
+        + (f"{w['fraction']:.3g} x each size's steps ({w['rule']}), for the arms with use_warmup"
+           if w["fraction"] is not None else "as given")
+        + f"; {len(st.runs)} runs in all"
+        + (f" (+ up to {st.tune['max_extend'] * len(st.sizes) * len(st.exps) * len(st.tune['seeds'])} tuning "
+           "runs beyond the grid)" if st.tune and st.tune["max_extend"] else ""))
 
 
 class Runner:
     def __init__(self, st):
         self.st, self.running, self.stop, self.t0 = st, {}, False, time.time()
         self.finished_here, self.failed = 0, None   # runs finished (results.json or diverged) by this command
-        self.done_before = sum(r.state() in ("done", "diverged") for r in st.runs)  # skipped: finished earlier
+        self.done_before = 0                        # runs finished before it (set by run_all)
 
     def on_signal(self, signum, _frame):
         self.stop = True
@@ -568,12 +755,12 @@ class Runner:
                 pass
 
     def progress(self, run, what):
-        st = self.st
+        runs = self.st.all_runs()   # the total grows as tuning results call for runs beyond the grid
         done = self.done_before + self.finished_here
         elapsed = time.time() - self.t0
-        left = len(st.runs) - done
+        left = len(runs) - done
         rate = elapsed / self.finished_here if self.finished_here else None
-        say(f"[{done}/{len(st.runs)} runs done] {run.label}: {what}; elapsed {train.format_seconds(elapsed)}"
+        say(f"[{done}/{len(runs)} runs done] {run.label}: {what}; elapsed {train.format_seconds(elapsed)}"
             + (f", about {train.format_seconds(rate * left)} left" if rate and left else ""))
 
     def start(self, run, chosen):
@@ -618,21 +805,22 @@ class Runner:
     def run_all(self):
         st = self.st
         old = {s: signal.signal(s, self.on_signal) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
+        error = None  # a StudyError of a choice (an arm whose every value diverged): raised once the others end
         try:
-            pending = [r for r in st.runs if r.state() not in ("done", "diverged")]
-            skipped = len(st.runs) - len(pending)
-            if skipped:
-                say(f"{skipped} of {len(st.runs)} runs already finished (results.json or diverged.json): skipped")
-            choices = {}
-            while pending or self.running:
-                while not self.stop and self.failed is None and pending and len(self.running) < st.jobs:
-                    run = next((r for r in pending if self.ready(r, choices)), None)
-                    if run is None:
-                        break
-                    pending.remove(run)
-                    chosen = (choices[run.size]["by_experiment"][run.exp["name"]]["chosen"]
-                              if run.stage == "compare" and st.tune else None)
-                    self.start(run, chosen)
+            runs = st.all_runs()
+            self.done_before = sum(r.state() in DONE for r in runs)
+            if self.done_before:
+                say(f"{self.done_before} of {len(runs)} runs already finished (results.json or diverged.json): skipped")
+            while True:
+                if not self.stop and self.failed is None and error is None and len(self.running) < st.jobs:
+                    try:
+                        ready = self.todo()
+                    except StudyError as e:
+                        error, ready = e, []
+                    for run in ready[:st.jobs - len(self.running)]:
+                        chosen = (make_choice(st, run.size)["by_experiment"][run.exp["name"]]["chosen"]
+                                  if run.stage == "compare" and st.tune else None)
+                        self.start(run, chosen)
                 if not self.running:
                     break
                 pid, status = os.wait()
@@ -646,25 +834,31 @@ class Runner:
                 self.finish(run, rc, time.time() - t)
             if self.stop and self.failed is None:
                 self.failed = EXIT_STOPPED
-            if self.failed is None and pending:
-                raise StudyError(1, f"{len(pending)} runs could not start (e.g. {pending[0].label})")
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
         if self.failed is not None:
+            runs = st.all_runs()
             raise StudyError(self.failed, "the study stopped"
                              + ("; rerun the same command to resume" if self.failed == EXIT_STOPPED else "")
-                             + f" ({sum(r.state() in ('done', 'diverged') for r in st.runs)} of {len(st.runs)} runs done)")
+                             + f" ({sum(r.state() in DONE for r in runs)} of {len(runs)} runs done)")
+        if error is not None:
+            raise error
 
-    def ready(self, run, choices):
-        """A comparison run needs its size's choice, i.e. every tuning run of that size finished."""
-        if run.stage == "tune" or not self.st.tune:
-            return True
-        if run.size not in choices:
-            if any(r.size == run.size and r.state() not in ("done", "diverged") for r in self.st.stages["tune"]):
-                return False
-            choices[run.size] = make_choice(self.st, run.size)
-        return True
+    def todo(self):
+        """The runs to start now, tuning runs first: each arm's runs of its current tuning round (tuning()), then
+        the comparison runs of each size whose choice is made (here, once all its arms' tuning is decided)."""
+        st, tune, compare = self.st, [], []
+        for i in range(len(st.sizes)):
+            if st.tune and not (st.size_dir(i) / "choice.json").is_file():
+                waiting = [r for e in st.exps for r in tuning(st, i, e)["waiting"]]
+                if waiting:
+                    tune += waiting
+                    continue
+                make_choice(st, i)
+            compare += [r for r in st.stages["compare"] if r.size == i]
+        busy = {r.dir for _, r, _, _ in self.running.values()}
+        return [r for r in tune + compare if r.state() not in DONE and r.dir not in busy]
 
 
 def describe_rc(rc):
@@ -673,29 +867,42 @@ def describe_rc(rc):
 
 
 # -----------------------------------------------------------------------------
-# SLURM: a job array per stage; the comparison array waits for the tuning array (afterok)
+# SLURM: a job array per stage, and one per tuning round beyond the grid, each waiting for the one before (afterok)
 
 def ablate_args(args):
     """The ablate.sh arguments of this study (the same command in every array task)."""
     out = ["--seeds", args.seeds, "--out", args.out]
     for o, v in (("--design", args.design), ("--switches", args.switches), ("--experiments", args.experiments),
-                 ("--tune", args.tune),
+                 ("--tune", args.tune), ("--tune-seeds", args.tune_seeds), ("--tune-max-extend", args.tune_max_extend),
+                 ("--warmup-frac", args.warmup_frac),
                  ("--budget", args.budget), ("--tokens", args.tokens), ("--tokens-per-param", args.tokens_per_param)):
         if v:
             out += [o, v]
     out += [x for s in args.switch for x in ("--switch", s)] + [x for s in args.scale for x in ("--scale", s)]
-    if args.tune and args.tune_seeds != "1":
-        out += ["--tune-seeds", args.tune_seeds]
     return out + args.train_args
 
 
+def round_tasks(st):
+    """The tasks of a tuning round beyond the grid: one per (size, experiment, tuning seed), in that order."""
+    return [(i, e, s) for i in range(len(st.sizes)) for e in st.exps for s in st.tune["seeds"]]
+
+
 def sbatch_lines(st, args):
-    """One sbatch line per stage; the comparison line's afterok dependency names the tuning job as $TUNE."""
-    lines = []
-    for stage in ("tune", "compare") if st.tune else ("compare",):
-        lines.append(["sbatch", *(["--parsable"] if stage == "tune" else []), f"--array=0-{len(st.stages[stage]) - 1}",
-                      *(["--dependency=afterok:$TUNE"] if stage == "compare" and st.tune else []),
-                      script("slurm/ablate.sbatch"), *(["--stage", stage] if st.tune else []), *ablate_args(args)])
+    """[(what, sbatch line)]: with --tune the grid's tuning array, one array per round beyond it (its tasks
+    run the next value of the arms whose best value is on the edge; the others exit at once), then the
+    comparison array, each line waiting for the one before ($TUNE: the id of the previous line's array)."""
+    after = ["--dependency=afterok:$TUNE"]
+    if not st.tune:
+        return [("compare stage", ["sbatch", f"--array=0-{len(st.stages['compare']) - 1}",
+                                   script("slurm/ablate.sbatch"), *ablate_args(args)])]
+    lines = [("tune stage", ["sbatch", "--parsable", f"--array=0-{len(st.stages['tune']) - 1}",
+                             script("slurm/ablate.sbatch"), "--stage", "tune", *ablate_args(args)])]
+    for k in range(1, st.tune["max_extend"] + 1):
+        lines.append((f"tuning round {k}", ["sbatch", "--parsable", f"--array=0-{len(round_tasks(st)) - 1}", *after,
+                                            script("slurm/ablate.sbatch"), "--stage", "tune", "--round", str(k),
+                                            *ablate_args(args)]))
+    lines.append(("compare stage", ["sbatch", f"--array=0-{len(st.stages['compare']) - 1}", *after,
+                                    script("slurm/ablate.sbatch"), "--stage", "compare", *ablate_args(args)]))
     return lines
 
 
@@ -704,22 +911,27 @@ def shell_line(line):  # quoted, but $TUNE left for the shell
 
 
 def print_slurm(st, args):
-    """A script to paste: TUNE=$(sbatch --parsable ... tune) then sbatch --dependency=afterok:$TUNE ... compare."""
-    for stage, line in zip(("tune", "compare") if st.tune else ("compare",), sbatch_lines(st, args)):
-        print(f"TUNE=$({shell_line(line)})" if stage == "tune" else shell_line(line))
-        runs = st.stages[stage]
-        print(f"# {stage} stage: {len(runs)} tasks (size, experiment{', value' if stage == 'tune' else ''}, seed)")
+    """A script to paste: TUNE=$(sbatch --parsable ... tune), TUNE=$(sbatch --parsable --dependency=afterok:$TUNE
+    ... --round 1), ..., then sbatch --dependency=afterok:$TUNE ... compare."""
+    for what, line in sbatch_lines(st, args):
+        print(f"TUNE=$({shell_line(line)})" if "--parsable" in line else shell_line(line))
+        if what.startswith("tuning round"):
+            print(f"# {what}: {len(round_tasks(st))} tasks (size, experiment, seed), each the arm's next "
+                  f"{st.tune['key']} beyond the values tried if its best value is on their edge; else it exits at once")
+            continue
+        runs = st.stages[what.split()[0]]
+        print(f"# {what}: {len(runs)} tasks (size, experiment{', value' if what == 'tune stage' else ''}, seed)")
         for t, r in enumerate(runs):
-            print(f"# {stage} task {t} ({r.label}): "
-                  + ("already finished, skipped" if r.state() in ("done", "diverged") else quote(st.command(r))))
+            print(f"# {what.split()[0]} task {t} ({r.label}): "
+                  + ("already finished, skipped" if r.state() in DONE else quote(st.command(r))))
     print(f"# when all tasks are done, write the report: {quote(['bash', script('ablate.sh'), *ablate_args(args)])}")
 
 
 def submit(st, args):
-    """Run the sbatch lines: the comparison array waits for the tuning array (afterok)."""
+    """Run the sbatch lines, each array waiting for the one before (afterok)."""
     ids = []
-    for line in sbatch_lines(st, args):
-        line = [a.replace("$TUNE", ids[0]) if ids else a for a in line]
+    for _, line in sbatch_lines(st, args):
+        line = [a.replace("$TUNE", ids[-1]) if ids else a for a in line]
         line = line[:1] + ["--parsable"] + [a for a in line[1:] if a != "--parsable"]
         say(f"$ {quote(line)}")
         r = subprocess.run(line, capture_output=True, text=True)
@@ -727,22 +939,39 @@ def submit(st, args):
             raise StudyError(1, f"sbatch failed (exit code {r.returncode}): {r.stderr.strip()}")
         ids.append(r.stdout.strip().split(";")[0])
     print(" ".join(ids))
-    say(f"submitted job array(s) {', '.join(ids)}" + (f"; the comparison array {ids[1]} waits for {ids[0]} "
-                                                      "(afterok)" if len(ids) > 1 else ""))
+    say(f"submitted job array(s) {', '.join(ids)}"
+        + (", each waiting for the one before (afterok)" if len(ids) > 1 else ""))
 
 
-def task(st, stage, t):
-    """One array task: (size, experiment, [value,] seed) = stage's runs[t]."""
-    runs = st.stages[stage]
-    if not 0 <= t < len(runs):
-        raise UsageError(f"--task {t} out of range: the {stage} stage has tasks 0..{len(runs) - 1}")
-    run = runs[t]
+def task(st, stage, t, rnd=0):
+    """One array task: (size, experiment, [value,] seed) = stage's runs[t]; in tuning round rnd > 0, the arm
+    (size, experiment, seed) = round_tasks(st)[t] at its round-rnd value, if it has one."""
+    if rnd:
+        tasks = round_tasks(st)
+        if not 0 <= t < len(tasks):
+            raise UsageError(f"--task {t} out of range: tuning round {rnd} has tasks 0..{len(tasks) - 1}")
+        i, e, seed = tasks[t]
+        w = tuning(st, i, e)
+        value = next((x["value"] for x in w["tried"] if x["round"] == rnd), None)
+        where = e["name"] + (f" at {st.sizes[i]['name']}" if st.scaled else "")
+        if value is None and w["choice"] is None:
+            raise StudyError(1, f"{where}: tuning round {w['round']} is not finished (e.g. {w['waiting'][0].dir}): "
+                                f"round {rnd} waits for it (--dependency=afterok)")
+        if value is None:
+            say(f"nothing to do in tuning round {rnd}: {where} was decided after round {w['round']}")
+            return
+        run = Run(st, i, "tune", e, seed, value, rnd)
+    else:
+        runs = st.stages[stage]
+        if not 0 <= t < len(runs):
+            raise UsageError(f"--task {t} out of range: the {stage} stage has tasks 0..{len(runs) - 1}")
+        run = runs[t]
+    if st.budget["rule"] == "budget":
+        st.max_iters[run.size] = calibrate(st, run.size)
     chosen = None
     if stage == "compare" and st.tune:
         chosen = make_choice(st, run.size)["by_experiment"][run.exp["name"]]["chosen"]
-    if st.budget["rule"] == "budget":
-        st.max_iters[run.size] = calibrate(st, run.size)
-    if run.state() in ("done", "diverged"):
+    if run.state() in DONE:
         say(f"skip {run.label}: already finished ({run.dir})")
         return
     r = Runner(st)
@@ -755,13 +984,14 @@ def task(st, stage, t):
         r.running.clear()
         if out:
             out.close()
-        r.finished_here, r.done_before = sum(x.state() in ("done", "diverged") for x in st.runs if x is not run), 0
+        r.finished_here = sum(x.state() in DONE for x in st.all_runs() if x.dir != run.dir)
         r.finish(run, rc if rc >= 0 else 128 - rc, time.time() - t0)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
     if r.failed is not None:
-        raise StudyError(r.failed, f"task {t} of the {stage} stage ({run.label}) did not finish")
+        raise StudyError(r.failed, f"task {t} of {f'tuning round {rnd}' if rnd else f'the {stage} stage'} "
+                                   f"({run.label}) did not finish")
 
 
 def study_created(st):
@@ -806,13 +1036,20 @@ def main(argv=None):
                 raise UsageError("--task with --tune needs --stage tune or --stage compare")
             if stage == "tune" and not st.tune:
                 raise UsageError("--stage tune needs --tune")
-            st.check_folder(write=True)
             if not re.fullmatch(r"\d+", args.task):
                 raise UsageError(f"--task must be a non-negative integer (got '{args.task}')")
-            task(st, stage, int(args.task))
+            rnd = 0
+            if args.round is not None:
+                if stage != "tune":
+                    raise UsageError("--round goes with --stage tune (a tuning round beyond the grid)")
+                if not st.tune["max_extend"]:
+                    raise UsageError("--round needs --tune-max-extend > 0")
+                rnd = positive_int(args.round, "--round", limit=st.tune["max_extend"])
+            st.check_folder(write=True)
+            task(st, stage, int(args.task), rnd)
             return 0
-        if args.stage:
-            raise UsageError("--stage goes with --task (a job array's task)")
+        if args.stage or args.round:
+            raise UsageError(f"{'--stage' if args.stage else '--round'} goes with --task (a job array's task)")
         st.check_folder(write=not (args.dry_run or args.print_slurm))
         if st.budget["rule"] == "budget":
             for i in range(len(st.sizes)):
@@ -826,16 +1063,17 @@ def main(argv=None):
             seconds = estimate(st)
             say(f"estimate: {train.format_seconds(seconds)} of training in {len(st.runs)} runs"
                 + (f", about {train.format_seconds(seconds / st.jobs)} with --jobs {st.jobs}" if st.jobs > 1 else "")
-                + " on this machine (start-up of each run not counted)")
+                + " on this machine (start-up of each run not counted"
+                + ("; nor the tuning runs beyond the grid that the results may call for)" if st.tune else ")"))
             if args.dry_run:
                 for r in st.runs:
-                    print(f"# {r.label}: already finished" if r.state() in ("done", "diverged") else quote(st.command(r)))
+                    print(f"# {r.label}: already finished" if r.state() in DONE else quote(st.command(r)))
             else:
                 print_slurm(st, args)
             return 0
         Runner(st).run_all()
         if args.no_report:
-            say(f"all {len(st.runs)} runs finished; report skipped (--no-report)")
+            say(f"all {len(st.all_runs())} runs finished; report skipped (--no-report)")
             return 0
         report(st)
         return 0
@@ -851,8 +1089,20 @@ OPTIONS = """\
   --tune KEY=v1,v2,...   tune KEY per arm (e.g. learning_rate=1e-3,3e-3,1e-2): a tuning stage runs every arm
                          at every value on the tuning set (needs --tune_docs=K for train.py) and picks each
                          arm's best; the comparison stage runs each arm at its choice (OUT/[SIZE/]choice.json)
+  --tune-max-extend N    while an arm's best value is the lowest or highest value tried, tune again one step
+                         beyond it, up to N values per side (default 3; 0: never): a geometric grid (all > 0)
+                         steps by its mean ratio (by decades for 1-3-10 and 1-2-5 grids: 1e-2 -> 3e-2 -> 1e-1),
+                         any other by its mean difference, never below 0 unless a grid value is; the
+                         comparison starts once every choice is inside the values tried or cannot move
+                         (choice.json: every value tried, its round and why, and why a choice stayed on the edge)
+  --tune-seeds M         tuning seeds per value (default 2): seeds 1001..1000+M, never comparison seeds. The
+                         choice is the lowest mean; choice.json gives its margin over the runner-up and the
+                         noise of that margin (the standard error of their paired difference over the seeds;
+                         none with M=1); a margin below the noise is a warning: equally good within noise
+  --warmup-frac F        warmup_iters = F x each size's max_iters (at least 1), for the arms with use_warmup;
+                         default: the config's own warmup_iters / max_iters, so a size at the config's steps
+                         keeps its warmup; a --warmup_iters=N you give (or a --tune/--scale of it) is kept
   --experiments a,b,..   only these experiments of the design (e.g. baseline,rope,all)
-  --tune-seeds M         tuning seeds per value (default 1): seeds 1001..1000+M, never comparison seeds
   --scale KEY=v1,v2,...  sizes (repeatable; the i-th values of every --scale key make size i), each in
                          OUT/<KEY=v+KEY2=w>/
   --tokens t1,t2,...     training tokens per run at each size (2e6, 500k, 2M); --max_iters = tokens / (batch x block)
@@ -860,9 +1110,12 @@ OPTIONS = """\
   --budget DURATION      per size: one step count for every arm from speed probes (as ablate.sh --budget)
   --jobs N               N runs at once (each OMP_NUM_THREADS=1 unless set; their output in OUT/console/)
   --dry-run              print each stage's and size's runs and an estimate of the time (speed probes)
-  --print-slurm          print the sbatch lines (one job array per stage, the comparison after the tuning)
+  --print-slurm          print the sbatch lines: the tuning array, one array per round beyond the grid
+                         (--tune-max-extend; a task whose arm needs no such round exits at once), then the
+                         comparison array, each waiting for the one before
   --submit               run those sbatch lines, chained with --dependency=afterok
-  --task I --stage S     run task I of stage S (tune|compare) only (slurm/ablate.sbatch)
+  --task I --stage S     run task I of stage S (tune|compare) only (slurm/ablate.sbatch); with --round K
+                         (--stage tune) task I of tuning round K: (size, experiment, tuning seed) I
 A finished run is never retrained; an interrupted one resumes (--resume=auto); a diverged one is recorded
 (diverged.json) and skipped. Another study in the same --out is refused."""
 

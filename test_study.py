@@ -5,8 +5,10 @@ budgets, resume, --jobs and job arrays.
   tune_docs=0 changes nothing; eval_set=tune evaluates on them without changing the training.
 * ablate.py with a fake train.py (PYTHON points at a fake interpreter that writes results.json from a
   known function of the learning rate, so a study runs in a second or two): the layout, the choice per
-  arm (mean over tuning seeds, a diverged value skipped, the edge warning), tuning seeds never the
-  comparison seeds, per-size budgets, resume, a different study refused, --jobs, --task.
+  arm (mean over tuning seeds, a diverged value skipped, its margin against the noise), a grid that misses
+  the optimum growing round by round until every choice is inside it (or the bound stops it, and says so),
+  locally and as chained job arrays, tuning seeds never the comparison seeds, per-size budgets and warmup,
+  resume, a different study refused, --jobs, --task.
 (A real tiny study, real train.py in both stages, runs as two dependent job arrays in test_slurm.py.)
 """
 
@@ -14,6 +16,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import socket
 import stat
@@ -205,7 +208,8 @@ def test_two_stage_study_layout_choice_and_seeds(fake):
     assert r.returncode == 0, r.stderr
     out = fake["OUT"]
     spec = json.loads((out / "study.json").read_text())
-    assert spec["tune"] == {"key": "learning_rate", "values": ["1e-3", "3e-3", "1e-2", "3e-2"], "seeds": [1001, 1002]}
+    assert spec["tune"] == {"key": "learning_rate", "values": ["1e-3", "3e-3", "1e-2", "3e-2"], "seeds": [1001, 1002],
+                            "max_extend": 3}
     assert spec["sizes"] == [{"name": "n_embd=16", "args": {"n_embd": "16"}}, {"name": "n_embd=32", "args": {"n_embd": "32"}}]
     assert spec["seeds"] == 2 and spec["train_args"] == STUDY_ARGS
     assert [e["name"] for e in spec["design"]["experiments"]] == ["baseline", "rope"]
@@ -233,24 +237,99 @@ def test_two_stage_study_layout_choice_and_seeds(fake):
     assert "rope at n_embd=16: learning_rate=3e-2 diverged" in r.stderr
 
 
-def test_choice_is_the_mean_over_tuning_seeds(fake):
-    """1e-3 has the best single run (seed 1001) but 3e-3 the best mean: 3e-3 is chosen."""
+def test_choice_is_the_mean_over_tuning_seeds_with_its_margin_against_the_noise(fake):
+    """Two tuning seeds by default. 1e-3 has the best single run (seed 1001) but 3e-3 the best mean: 3e-3 is
+    chosen, by 0.75 over 1e-3, less than the standard error of their paired difference (-1.0 and +2.5: 1.75):
+    a warning. Rope's runs agree across seeds (the fake's law): noise 0, not within noise."""
     nll = {"baseline|1e-3|1001": 1.0, "baseline|1e-3|1002": 5.0, "baseline|3e-3|1001": 2.0, "baseline|3e-3|1002": 2.5,
            "baseline|1e-2|1001": 4.0, "baseline|1e-2|1002": 4.0}
-    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-3,3e-3,1e-2", "--tune-seeds", "2",
+    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-3,3e-3,1e-2",
               "--no-report", *STUDY_ARGS, extra_env={"FAKE_NLL": json.dumps(nll)})
     assert r.returncode == 0, r.stderr
-    base = json.loads((fake["OUT"] / "choice.json").read_text())["by_experiment"]["baseline"]
+    choice = json.loads((fake["OUT"] / "choice.json").read_text())
+    base, rope = choice["by_experiment"]["baseline"], choice["by_experiment"]["rope"]
+    assert choice["tuning_seeds"] == [1001, 1002]
     assert base["scores"] == {"1e-3": 3.0, "3e-3": 2.25, "1e-2": 4.0} and base["chosen"] == "3e-3"
+    assert (base["runner_up"], base["margin"], base["noise"], base["within_noise"]) == ("1e-3", 0.75, 1.75, True)
+    assert (rope["chosen"], rope["noise"], rope["within_noise"]) == ("1e-2", 0, False) and rope["margin"] > 0
+    w = ("baseline: learning_rate=3e-3 beat 1e-3 by 0.7500, less than the noise of that difference (1.7500, its "
+         "standard error over 2 tuning seeds): equally good within noise")
+    assert choice["warnings"] == [w] and f"warning: {w}" in r.stderr
 
 
-def test_best_value_on_the_edge_of_the_grid_warns(fake):
-    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-4,3e-4,1e-3", "--no-report", *STUDY_ARGS)
+@pytest.mark.parametrize("grid, tried", [
+    # the fake's optimum: baseline 3e-3, rope 1e-2, both above this grid: it grows upward by decades
+    ("1e-4,3e-4,1e-3", {"baseline": [("3e-3", 1), ("1e-2", 2)], "rope": [("3e-3", 1), ("1e-2", 2), ("3e-2", 3)]}),
+    # both below this one: it grows downward
+    ("3e-2,1e-1", {"baseline": [("1e-2", 1), ("3e-3", 2), ("1e-3", 3)], "rope": [("1e-2", 1), ("3e-3", 2)]}),
+])
+def test_a_grid_that_misses_the_optimum_grows_until_every_choice_is_inside(fake, grid, tried):
+    """Each arm's grid grows one value per round on the side of its best value, until that value is inside the
+    values tried; only then do the comparison runs start, at the optimum. choice.json lists every value tried,
+    its round and why; the rerun trains nothing."""
+    args = ["--switches", "rope", "--tune", f"learning_rate={grid}", "--jobs", "2", "--no-report", *STUDY_ARGS]
+    r = study(fake, *args)
     assert r.returncode == 0, r.stderr
     choice = json.loads((fake["OUT"] / "choice.json").read_text())
-    assert choice["by_experiment"]["baseline"]["edge"] and choice["by_experiment"]["baseline"]["chosen"] == "1e-3"
-    assert "baseline: the best learning_rate=1e-3 is on the edge of the grid" in r.stderr
-    assert any("baseline: the best learning_rate=1e-3 is on the edge" in w for w in choice["warnings"])
+    first = [(v, 0) for v in grid.split(",")]
+    for exp, best in (("baseline", "3e-3"), ("rope", "1e-2")):
+        c = choice["by_experiment"][exp]
+        assert [(t["value"], t["round"]) for t in c["tried"]] == first + tried[exp]
+        assert (c["chosen"], c["edge"], c["edge_reason"]) == (best, False, None)
+        assert set(c["scores"]) == {v for v, _ in first + tried[exp]}
+        up = float(tried[exp][0][0]) > float(first[-1][0])
+        assert c["tried"][len(first)]["why"] == (f"after round 0 the best value learning_rate={first[-1 if up else 0][0]} "
+                                                 f"was the {'highest' if up else 'lowest'} tried")
+    assert choice["max_extend"] == 3 and choice["tuning_seeds"] == [1001, 1002] and not choice["warnings"]
+    assert "rules" in choice and "bad result" in choice["rules"]["extend"]
+    kinds = [("tune" if "--eval_set=tune" in c else "compare", opts(c)["learning_rate"]) for c in calls(fake)]
+    n_tune = sum(2 * (len(first) + len(t)) for t in tried.values())
+    assert [k for k, _ in kinds] == ["tune"] * n_tune + ["compare"] * 2      # every tuning run before any comparison
+    assert sorted(v for k, v in kinds if k == "compare") == ["1e-2", "3e-3"]
+    assert f"[{n_tune + 2}/{n_tune + 2} runs done]" in r.stderr and "[tune round 1]" in r.stderr
+    n = len(calls(fake))
+    r = study(fake, *args)
+    assert r.returncode == 0 and len(calls(fake)) == n
+    assert f"{n_tune + 2} of {n_tune + 2} runs already finished" in r.stderr
+
+
+def test_the_bound_stops_the_growth_and_the_choice_says_it_stayed_on_the_edge(fake):
+    """--tune-max-extend 1: one value beyond the grid, the best still on its edge: chosen there, with the reason
+    (choice.json, a warning). --tune-max-extend 0: the grid as given."""
+    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-4,3e-4,1e-3", "--tune-max-extend", "1",
+              "--no-report", *STUDY_ARGS)
+    assert r.returncode == 0, r.stderr
+    choice = json.loads((fake["OUT"] / "choice.json").read_text())
+    for exp in ("baseline", "rope"):
+        c = choice["by_experiment"][exp]
+        assert [(t["value"], t["round"]) for t in c["tried"]] == [("1e-4", 0), ("3e-4", 0), ("1e-3", 0), ("3e-3", 1)]
+        assert (c["chosen"], c["edge"]) == ("3e-3", True)
+        assert c["edge_reason"] == "--tune-max-extend 1 values beyond the grid on that side, all tried"
+        assert any(w.startswith(f"{exp}: the best learning_rate=3e-3 is on the edge of the values tried "
+                                "(--tune-max-extend 1") for w in choice["warnings"])
+    assert "warning: baseline: the best learning_rate=3e-3 is on the edge of the values tried" in r.stderr
+    assert {opts(c)["learning_rate"] for c in calls(fake) if "--eval_set=tune" not in c} == {"3e-3"}
+    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-4,3e-4", "--tune-max-extend", "0",
+              "--no-report", *STUDY_ARGS, out=fake["OUT"].parent / "zero")
+    assert r.returncode == 0, r.stderr
+    c = json.loads((fake["OUT"].parent / "zero" / "choice.json").read_text())["by_experiment"]["baseline"]
+    assert (c["chosen"], c["edge"], len(c["tried"])) == ("3e-4", True, 2) and "--tune-max-extend 0" in c["edge_reason"]
+
+
+@pytest.mark.parametrize("key, grid, low, high", [
+    ("learning_rate", "1e-3,3e-3,1e-2", ["3e-4", "1e-4", "3e-5"], ["3e-2", "1e-1", "3e-1"]),   # by decades
+    ("learning_rate", "1e-4,3e-4", ["3e-5", "1e-5", "3e-6"], ["1e-3", "3e-3", "1e-2"]),
+    ("learning_rate", "1e-3,2e-3,5e-3,1e-2", ["5e-4", "2e-4", "1e-4"], ["2e-2", "5e-2", "1e-1"]),
+    ("learning_rate", "0.001,0.002,0.004", ["0.0005", "0.00025", "0.000125"], ["0.008", "0.016", "0.032"]),  # x 2
+    ("dropout", "0,0.1,0.2", [None] * 3, ["0.3", "0.4", "0.5"]),                    # arithmetic, never below 0
+    ("warmup_iters", "8,16,32", ["4", "2", "1"], ["64", "128", "256"]),              # an integer key
+    ("warmup_iters", "1,2", [None] * 3, ["4", "8", "16"]),                           # geometric: stays > 0
+])
+def test_the_grid_grows_by_its_own_step(key, grid, low, high):
+    values = grid.split(",")
+    assert [ablate.extension(key, values, "low", j)[0] for j in (1, 2, 3)] == low
+    assert [ablate.extension(key, values, "high", j)[0] for j in (1, 2, 3)] == high
+    assert ablate.extension("dtype", ["float32", "bfloat16"], "low", 1) == (None, "dtype is not numeric")
 
 
 def test_an_arm_whose_every_value_diverged_stops_with_a_clear_error(fake):
@@ -265,7 +344,8 @@ def test_stopped_study_resumes_and_a_rerun_retrains_nothing(fake, uncaught):
     """A signal mid-study: the running train.py checkpoints (75) and no new run starts; the rerun resumes
     that run with --resume=auto and runs only what is missing; a third run trains nothing. (uncaught: the
     forwarded signal kills a train.py that has no handler yet: still a stop, 75, not a crash.)"""
-    args = ["--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", "--seeds", "2", "--no-report", *STUDY_ARGS]
+    args = ["--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", "--tune-seeds", "1", "--tune-max-extend", "0",
+            "--seeds", "2", "--no-report", *STUDY_ARGS]
     env = {**os.environ, "PYTHON": fake["PYTHON"], "FAKE_HANG": "rope|1e-3|1001", **({"FAKE_UNCAUGHT": "1"} if uncaught else {})}
     p = subprocess.Popen([sys.executable, "ablate.py", "--out", str(fake["OUT"]), *args], cwd=HERE, env=env,
                          stderr=subprocess.PIPE, text=True)
@@ -333,6 +413,34 @@ def test_per_size_token_budgets_are_printed_before_any_run(fake):
     assert r.returncode == 0, r.stderr
     assert {opts(ln.split())["n_embd"]: int(opts(ln.split())["max_iters"]) for ln in r.stdout.splitlines()} == \
         {"16": want[0], "32": want[1]}
+
+
+def test_warmup_is_a_fraction_of_each_size_steps(fake, tmp_path):
+    """--tokens gives the two sizes 10 and 20 steps. By default warmup_iters keeps the config's fraction (4 of 40
+    steps: 0.1): 1 and 2; --warmup-frac 0.25: 2 (2.5 rounded) and 5; a --warmup_iters=3 given is kept; at the
+    config's own steps nothing changes. Said in the plan, study.json and choice.json."""
+    config = tmp_path / "warmup.py"
+    config.write_text("warmup_iters = 4\nmax_iters = 40\n")
+    base = [*[a for a in STUDY_ARGS if not a.startswith("--max_iters")], str(config)]
+    sizes = ["--switches", "rope", "--scale", "n_embd=16,32", "--tokens", "640,1.28k"]
+    r = study(fake, *sizes, "--tune", GRID, "--tune-seeds", "1", "--no-report", *base)
+    assert r.returncode == 0, r.stderr
+    assert {(opts(c)["n_embd"], opts(c)["warmup_iters"]) for c in calls(fake)} == {("16", "1"), ("32", "2")}
+    assert "20 steps x 64 = 1,280 tokens (" in r.stderr and "warmup_iters 2 (10% of the steps)" in r.stderr
+    assert "warmup_iters: 0.1 x each size's steps (the config's warmup_iters / max_iters)" in r.stderr
+    assert json.loads((fake["OUT"] / "study.json").read_text())["budget"]["warmup"] == \
+        {"rule": "the config's warmup_iters / max_iters", "fraction": 0.1, "warmup_iters": [1, 2]}
+    for size, steps, warmup in (("n_embd=16", 10, 1), ("n_embd=32", 20, 2)):
+        choice = json.loads((fake["OUT"] / size / "choice.json").read_text())
+        assert (choice["max_iters"], choice["warmup_iters"]) == (steps, warmup)
+
+    def dry(*args):
+        r = study(fake, *args, "--dry-run", out=tmp_path / "dry")
+        assert r.returncode == 0, r.stderr
+        return {(opts(ln.split())["n_embd"], opts(ln.split()).get("warmup_iters")) for ln in r.stdout.splitlines()}
+    assert dry(*sizes, "--warmup-frac", "0.25", *base) == {("16", "2"), ("32", "5")}
+    assert dry(*sizes, *base, "--warmup_iters=3") == {("16", "3"), ("32", "3")}
+    assert dry("--switches", "rope", "--scale", "n_embd=16,32", *base, "--max_iters=40") == {("16", None), ("32", None)}
 
 
 def test_a_scale_key_may_repeat_a_value_when_the_sizes_differ(fake):
@@ -407,6 +515,14 @@ def test_budget_waits_for_a_live_calibration_lock_and_takes_over_a_dead_one(fake
     (["--seed=3"], "the study sets --seed itself"),
     (["--jobs", "0"], "--jobs must be a positive integer"),
     (["--experiments", "baseline,nope"], "--experiments: nope not in the design (its experiments: baseline, rope)"),
+    (["--tune", GRID, "--tune-max-extend", "x"], "--tune-max-extend must be an integer from 0 to 20 (got 'x')"),
+    (["--tune-max-extend", "2"], "--tune-max-extend needs --tune"),
+    (["--tune-seeds", "2"], "--tune-seeds needs --tune"),
+    (["--tune", GRID, "--round", "1"], "--round goes with --task"),
+    (["--tune", GRID, "--task", "0", "--stage", "tune", "--round", "4"], "--round must be a positive integer <= 3"),
+    (["--tune", GRID, "--task", "0", "--stage", "compare", "--round", "1"], "--round goes with --stage tune"),
+    (["--warmup-frac", "1.5"], "--warmup-frac must be a number between 0 and 1, e.g. 0.1 (got '1.5')"),
+    (["--warmup-frac", "0.1", "--warmup_iters=5"], "--warmup-frac sets warmup_iters per size: do not also set warmup_iters"),
 ])
 def test_study_errors_are_one_line(fake, args, message):
     r = study(fake, "--switches", "rope", *[a for a in STUDY_ARGS if not a.startswith("--max_iters")], *args)
@@ -434,7 +550,8 @@ def test_experiments_keeps_a_subset_of_the_design(fake):
 
 
 def test_jobs_run_at_once_with_one_progress_line_per_run(fake):
-    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", "--jobs", "3", "--no-report", *STUDY_ARGS)
+    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", "--tune-seeds", "1", "--tune-max-extend",
+              "0", "--jobs", "3", "--no-report", *STUDY_ARGS)
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if "runs done]" in ln]
     assert [int(re.search(r"\[(\d+)/6 runs done\]", ln).group(1)) for ln in lines] == list(range(1, 7))
@@ -445,7 +562,8 @@ def test_jobs_run_at_once_with_one_progress_line_per_run(fake):
 def test_with_jobs_no_comparison_run_starts_before_its_size_is_tuned(fake):
     """4 tuning runs at once; two diverge and one ends only after ablate.py has recorded both: the slots freed
     meanwhile wait for it (a comparison run needs its size's choice), then the comparison runs start."""
-    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", "--jobs", "4", "--no-report", *STUDY_ARGS,
+    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", "--tune-seeds", "1", "--tune-max-extend",
+              "0", "--jobs", "4", "--no-report", *STUDY_ARGS,
               extra_env={"FAKE_LAST": "rope|3e-3|1001", "FAKE_DIVERGE": '["baseline|1e-3", "rope|1e-3"]'})
     assert r.returncode == 0, r.stderr
     kinds = ["tune" if "--eval_set=tune" in c else "compare" for c in calls(fake)]
@@ -453,28 +571,88 @@ def test_with_jobs_no_comparison_run_starts_before_its_size_is_tuned(fake):
     assert [opts(c)["learning_rate"] for c in calls(fake)[4:]] == ["3e-3", "3e-3"]
 
 
-def test_print_slurm_chains_the_stages_and_tasks_run_their_run(fake):
-    args = ["--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", "--scale", "n_embd=16,32", *STUDY_ARGS]
+def sbatch_lines(stdout):
+    """The printed sbatch lines as argument lists (TUNE=$( ... ) unwrapped) and what follows the script name."""
+    out = []
+    for ln in stdout.splitlines():
+        if ln.startswith(("sbatch", "TUNE=$(sbatch")):
+            words = shlex.split(ln.removeprefix("TUNE=$(").removesuffix(")"))
+            out.append((words, words[words.index("slurm/ablate.sbatch") + 1:]))
+    return out
+
+
+def test_print_slurm_chains_the_tuning_rounds_and_tasks_run_in_that_order(fake):
+    """With --tune: the grid's tuning array, one array per round beyond the grid (--tune-max-extend 3), then
+    the comparison array, each waiting for the one before (afterok on $TUNE, the previous array's id). Run
+    task by task in that order (as SLURM would), the grid grows as it does locally; a task run before the
+    round it waits for fails, a round task of an arm already decided exits 0 at once."""
+    args = ["--switches", "rope", "--tune", "learning_rate=1e-4,3e-4,1e-3", "--tune-seeds", "1",
+            "--scale", "n_embd=16,32", *STUDY_ARGS]
     r = study(fake, *args, "--print-slurm")
     assert r.returncode == 0, r.stderr
-    sb = [ln.split() for ln in r.stdout.splitlines() if ln.startswith(("sbatch", "TUNE=$(sbatch"))]
-    assert len(sb) == 2 and "--array=0-7" in sb[0] and "--array=0-3" in sb[1]
-    assert sb[0][:2] == ["TUNE=$(sbatch", "--parsable"] and sb[0][-1].endswith(")")
-    assert sb[1][2] == "--dependency=afterok:$TUNE" and sb[0][sb[0].index("--stage") + 1] == "tune"
-    assert sb[1][sb[1].index("--stage") + 1] == "compare" and not fake["OUT"].exists()
-    # task 5 of the tuning stage = size 2 (n_embd=32), baseline, 3e-3, seed 1001 (size, experiment, value, seed)
-    r = study(fake, *args, "--task", "5", "--stage", "tune")
+    lines = sbatch_lines(r.stdout)
+    assert [w[:4] for w, _ in lines] == [
+        ["sbatch", "--parsable", "--array=0-11", "slurm/ablate.sbatch"],     # size, experiment, value, seed
+        *[["sbatch", "--parsable", "--array=0-3", "--dependency=afterok:$TUNE"]] * 3,   # size, experiment, seed
+        ["sbatch", "--array=0-3", "--dependency=afterok:$TUNE", "slurm/ablate.sbatch"]]
+    assert [ln.startswith("TUNE=$(") for ln in r.stdout.splitlines() if "sbatch " in ln and not ln.startswith("#")] \
+        == [True] * 4 + [False]
+    assert [t[t.index("--stage"):t.index("--stage") + 4] for _, t in lines] == [
+        ["--stage", "tune", "--seeds", "1"], *[["--stage", "tune", "--round", str(k)] for k in (1, 2, 3)],
+        ["--stage", "compare", "--seeds", "1"]]
+    assert not fake["OUT"].exists()
+    tasks = [t for _, t in lines]
+    # task 7 of the grid's array = size 2 (n_embd=32), baseline, 3e-4, seed 1001 (size, experiment, value, seed)
+    r = study(fake, *tasks[0], "--task", "7")
     assert r.returncode == 0, r.stderr
     (c,) = calls(fake)
-    assert (opts(c)["n_embd"], opts(c)["use_rope"], opts(c)["learning_rate"], opts(c)["seed"]) == ("32", "False", "3e-3", "1001")
-    r = study(fake, *args, "--task", "0", "--stage", "compare")     # its tuning stage is not done
+    assert (opts(c)["n_embd"], opts(c)["use_rope"], opts(c)["learning_rate"], opts(c)["seed"]) == ("32", "False", "3e-4", "1001")
+    r = study(fake, *tasks[1], "--task", "0")                         # round 1 before the grid's array is done
+    assert r.returncode == 1 and "baseline at n_embd=16: tuning round 0 is not finished" in r.stderr
+    r = study(fake, *tasks[4], "--task", "0")
     assert r.returncode == 1 and "the tuning stage of size n_embd=16 is not finished" in r.stderr
-    r = study(fake, *args, "--task", "8", "--stage", "tune")
-    assert r.returncode == 2 and "--task 8 out of range: the tune stage has tasks 0..7" in r.stderr
+    r = study(fake, *tasks[0], "--task", "12")
+    assert r.returncode == 2 and "--task 12 out of range: the tune stage has tasks 0..11" in r.stderr
+    for k, (words, argv) in enumerate(lines):
+        for t in range(int(next(a for a in words if a.startswith("--array=0-"))[len("--array=0-"):]) + 1):
+            r = study(fake, *argv, "--task", str(t))
+            assert r.returncode == 0, (k, t, r.stderr)
+            if k == 3 and t in (0, 2):  # baseline is decided after round 2 (its best 3e-3 inside 1e-3..1e-2)
+                assert "nothing to do in tuning round 3: baseline at n_embd=" in r.stderr
+    for size in ("n_embd=16", "n_embd=32"):
+        choice = json.loads((fake["OUT"] / size / "choice.json").read_text())["by_experiment"]
+        assert [(t["value"], t["round"]) for t in choice["rope"]["tried"]][3:] == [("3e-3", 1), ("1e-2", 2), ("3e-2", 3)]
+        assert (choice["baseline"]["chosen"], choice["rope"]["chosen"]) == ("3e-3", "1e-2")
+        assert not choice["baseline"]["edge"] and not choice["rope"]["edge"]
+    assert sorted(opts(c)["learning_rate"] for c in calls(fake) if "--eval_set=tune" not in c) == ["1e-2", "1e-2", "3e-3", "3e-3"]
+    n = len(calls(fake))
+    r = study(fake, *args, "--no-report")   # the local command: nothing left (per size 6 + 2 + 3 tuning, 2 comparison)
+    assert r.returncode == 0 and len(calls(fake)) == n and "26 of 26 runs already finished" in r.stderr
+
+
+def test_submit_chains_each_array_to_the_one_before(fake, tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "sbatch").write_text(f"#!/bin/bash\necho \"$@\" >> {tmp_path / 'sbatch.txt'}\n"
+                                   f"echo $((100 + $(wc -l < {tmp_path / 'sbatch.txt'})))\";cluster\"\n")
+    (bindir / "sbatch").chmod(0o755)
+    fake["monkeypatch"].setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    r = study(fake, "--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", "--tune-max-extend", "2", "--submit",
+              *STUDY_ARGS)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["101", "102", "103", "104"]
+    sub = [ln.split() for ln in (tmp_path / "sbatch.txt").read_text().splitlines()]
+    assert [ln[0] for ln in sub] == ["--parsable"] * 4
+    assert [next((a for a in ln if a.startswith("--dependency")), None) for ln in sub] == \
+        [None, "--dependency=afterok:101", "--dependency=afterok:102", "--dependency=afterok:103"]
+    assert [ln[ln.index("--stage") + 1] for ln in sub] == ["tune", "tune", "tune", "compare"]
+    assert [ln[ln.index("--round") + 1] if "--round" in ln else None for ln in sub] == [None, "1", "2", None]
+    assert "--tune-max-extend" in sub[0] and calls(fake) == []
 
 
 def test_a_diverged_tuning_task_exits_0_so_afterok_still_releases_the_comparison(fake):
-    args = ["--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", *STUDY_ARGS]
+    args = ["--switches", "rope", "--tune", "learning_rate=1e-3,3e-3", "--tune-seeds", "1", "--tune-max-extend", "0",
+            *STUDY_ARGS]
     r = study(fake, *args, "--task", "3", "--stage", "tune", extra_env={"FAKE_DIVERGE": '["rope|3e-3"]'})
     assert r.returncode == 0 and "DIVERGED" in r.stderr
     for t in range(3):
@@ -482,3 +660,5 @@ def test_a_diverged_tuning_task_exits_0_so_afterok_still_releases_the_comparison
     r = study(fake, *args, "--task", "1", "--stage", "compare")
     assert r.returncode == 0, r.stderr
     assert opts(calls(fake)[-1])["learning_rate"] == "1e-3" and opts(calls(fake)[-1])["use_rope"] == "True"
+    rope = json.loads((fake["OUT"] / "choice.json").read_text())["by_experiment"]["rope"]
+    assert (rope["noise"], rope["within_noise"]) == (None, None)      # one tuning seed: no noise estimate
