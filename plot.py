@@ -1754,9 +1754,7 @@ def write_report(runs, pdf_path, beta, samples, sample_desc, design=None):
 # tuning runs, scored on the tuning set), choice.json (each arm's chosen value) and <experiment>/seed<k>/ (the
 # comparison runs at the chosen values, on the validation set). `python plot.py --study OUT` reads it all here.
 
-N_BOOT = 2000                  # bootstrap resamples behind a compute multiplier's interval
-BOOT_SEED = 0                  # the bootstrap's random stream (a report is reproducible)
-FIT_MIN_SIZES = 4              # from this many sizes on, the baseline's loss-vs-compute curve is a fitted law
+FIT_MIN_SIZES = 4              # from this many sizes on (more than the law's 3 parameters) a law is fitted too
 EXPONENT_RANGE = (1e-3, 4.0)   # the fitted law's exponent b is searched in this range
 
 
@@ -1876,29 +1874,31 @@ def load_study(root):
         study.sizes.append(size)
     return study
 
-# the compute of a run
+# the compute of a run: two measures
 
 def train_flops(run):
-    """(training FLOPs of a finished run, where the number came from): results.json's train_flops; else its
-    flops_per_token x tokens; else train.flops_per_token's formula from params and config: 6 per weight of
-    every matmul (non-embedding weights plus the tied output head = the token table) x tokens, plus the
-    attention term 12 * n_layer * block_size * n_embd per token."""
+    """(training FLOPs of a finished run, where the number came from): results.json's train_flops (train.py's
+    count, train.flops_per_token x tokens: 6 per weight of every matmul, the tied output head included, plus
+    the attention term), else its flops_per_token x tokens; (None, "unknown") when it records neither."""
     res = run.results or {}
     if _is_num(res.get("train_flops")):
         return float(res["train_flops"]), "train_flops in results.json"
-    tokens = run.tokens
-    if _is_num(res.get("flops_per_token")) and tokens:
-        return float(res["flops_per_token"]) * tokens, "flops_per_token x tokens"
-    params, cfg = res.get("params") or {}, run.config
-    need = ("n_layer", "block_size", "n_embd")
-    if not (tokens and _is_num(params.get("total")) and _is_num(params.get("non_embedding"))
-            and all(_is_num(cfg.get(k)) for k in need)):
-        return None, "unknown"
-    head = params["total"] - params["non_embedding"] - (0 if cfg.get("use_rope") else cfg["block_size"] * cfg["n_embd"])
-    per_token = 6 * (params["non_embedding"] + head) + 12 * cfg["n_layer"] * cfg["block_size"] * cfg["n_embd"]
-    return float(per_token) * tokens, "6 x (non-embedding + head) params + attention, x tokens"
+    if _is_num(res.get("flops_per_token")) and run.tokens:
+        return float(res["flops_per_token"]) * run.tokens, "flops_per_token x tokens in results.json"
+    return None, "unknown"
 
-# the baseline's loss against compute, and its inverse
+
+def nonembedding_compute(run):
+    """Kaplan et al.'s C = 6 N D of a finished run: N = its non-embedding parameters (results.json's params),
+    D = its training tokens; None when either is unknown. Without the output head, which at small widths is
+    most of the training FLOPs."""
+    n = ((run.results or {}).get("params") or {}).get("non_embedding")
+    return 6.0 * n * run.tokens if _is_num(n) and run.tokens else None
+
+
+MEASURES = {"training FLOPs": lambda run: train_flops(run)[0], "non-embedding 6ND": nonembedding_compute}
+
+# the reference's loss against compute: its measured points, and a law fitted through them
 
 def _law_fit(logc, loss, b):
     """Least squares of loss = a * x + c with x = exp(-b * logc) = (C/C0)^-b, row by row (b: one per row).
@@ -1941,132 +1941,201 @@ def invert_power_law(target, a, b, c):
     return np.where(target > c, out, np.where(np.isnan(a), np.nan, np.inf))
 
 
-def invert_piecewise(target, logc, loss):
-    """log C at which the baseline reaches target, by straight lines between the measured points (log C
-    against L), rows (B, n) sorted by compute; past the measured range the end segment is extended. Rows
-    whose loss does not fall strictly with compute have no inverse: nan."""
-    logc, loss, target = np.atleast_2d(logc), np.atleast_2d(loss), np.atleast_1d(target)
-    n = loss.shape[1]
-    j = np.clip((loss[:, 1:n - 1] > target[:, None]).sum(1), 0, n - 2)[:, None]   # the segment [j, j+1]
-    l0, l1 = np.take_along_axis(loss, j, 1)[:, 0], np.take_along_axis(loss, j + 1, 1)[:, 0]
-    c0, c1 = np.take_along_axis(logc, j, 1)[:, 0], np.take_along_axis(logc, j + 1, 1)[:, 0]
+def first_crossing(target, logc, curve):
+    """log C at which a curve first reaches the loss target, row by row: target (B,), curve (B, S) the losses at
+    log compute logc (S,), ascending, joined by straight lines in log C. Never extrapolated: -inf where the
+    first point is already below target (reached before the smallest measured compute), +inf where no point
+    reaches it (beyond the largest). Raising a point of the curve, or lowering target, never gives less."""
+    target, curve = np.asarray(target, dtype=float), np.asarray(curve, dtype=float)
+    reached = curve <= target[:, None]
+    k = np.maximum(reached.argmax(1), 1)      # the first point at or below target (point 0: handled below)
+    rows = np.arange(len(curve))
+    l0, l1, c0, c1 = curve[rows, k - 1], curve[rows, k], logc[k - 1], logc[k]
     with np.errstate(divide="ignore", invalid="ignore"):
         out = c0 + (target - l0) * (c1 - c0) / (l1 - l0)
-    return np.where(np.all(np.diff(loss, axis=1) < 0, axis=1), out, np.nan)
+    out = np.where(curve[:, 0] == target, logc[0], np.where(curve[:, 0] < target, -np.inf, out))
+    out = np.where(reached.any(1), out, np.inf)
+    return np.where(np.isnan(target) | np.isnan(curve).any(1), np.nan, out)
+
+
+def _t_half(var, df):
+    """Half-width of a 95% Student t interval from the variance of the estimate and its degrees of freedom
+    (0 when the variance is 0, nan when it is unknown)."""
+    var = np.asarray(var, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.where(var > 0, t_quantile(0.975, df) * np.sqrt(np.abs(var)), np.where(var == 0, 0.0, np.nan))
+
+
+def log_multiplier(ref, diffs, j, logc, logc_arm):
+    """The log compute multiplier of an arm at size j and its 95% interval, row by row (B studies at once).
+    ref: [S arrays (B, n_i)], the reference's per-seed val NLL at each size, at log compute logc (S,),
+    ascending; diffs (B, m): the arm's paired differences from the reference at size j (arm - reference, per
+    seed); logc_arm: the arm's log compute. Returns (estimate, lo, hi), each (B,): +-inf past the measured
+    range (first_crossing), lo and hi nan without two seeds to estimate a spread.
+    Estimate: where the reference's mean curve reaches its own mean at size j plus the mean paired Δ.
+    Interval: the paired Δ's 95% Student t interval pushed through the curve, with every other size's point
+    moved by the 95% Welch t interval of its difference from size j (other runs) the way that widens it. The
+    multiplier falls as the target loss rises and rises as a point of the curve rises, so the interval holds
+    the true multiplier whenever the intervals hold their truths, and adding half-widths (instead of their
+    root sum of squares) makes it conservative. The point of size j is not moved: with logc_arm = logc[j]
+    the interval excludes 0 (a multiplier of 1) only where the paired Δ's t interval excludes 0."""
+    means = np.stack([r.mean(1) for r in ref], 1)                                            # (B, S)
+    n = np.array([r.shape[1] for r in ref], dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vm = np.stack([r.var(1, ddof=1) if r.shape[1] > 1 else np.full(len(r), np.nan) for r in ref], 1) / n
+        df = (vm + vm[:, [j]]) ** 2 / (vm ** 2 / (n - 1) + vm[:, [j]] ** 2 / (n[j] - 1))   # Welch-Satterthwaite
+        h = _t_half(vm + vm[:, [j]], df)
+        m = diffs.shape[1]
+        hd = _t_half(diffs.var(1, ddof=1) / m, m - 1) if m > 1 else np.full(len(diffs), np.nan)
+    h[:, j] = 0.0
+    target = means[:, j] + diffs.mean(1)
+    est = first_crossing(target, logc, means) - logc_arm
+    lo = first_crossing(target + hd, logc, means - h) - logc_arm
+    hi = first_crossing(target - hd, logc, means + h) - logc_arm
+    return est, lo, hi
 
 
 @dataclass
 class Multiplier:
     size: str
     experiment: str
-    loss: float            # the arm's mean val NLL at this size
-    flops: float           # the arm's mean training FLOPs at this size
-    base_flops: float      # the baseline compute that reaches `loss` (nan: none)
-    value: float           # base_flops / flops
-    interval: tuple        # (lo, hi) of the bootstrap, or None
-    resamples: int         # bootstrap resamples that gave a multiplier
-    warning: str | None
+    measure: str           # the compute counted: a key of MEASURES
+    loss: float            # the arm's val NLL as compared: the reference's mean at this size + the mean paired Δ
+    delta: tuple           # (mean paired Δ, its 95% t interval's lo, hi): nan with one paired seed
+    value: float           # C_ref(loss) / C_arm: inf beyond the largest measured reference, 0 before the smallest
+    interval: tuple | None # (lo, hi) of the 95% interval, ends likewise; None without two seeds
+    bounds: tuple          # (smallest, largest) reference compute / C_arm: a value past them is only a bound
+    law: float | None      # the multiplier by the fitted law (FIT_MIN_SIZES+ sizes, inside the range), else None
+    warning: str | None    # past the measured range: what the study cannot say, and the run that would
 
 
-def _seed_table(size, exp, seeds):
-    """(NLL, FLOPs) arrays of exp's runs at `seeds`, nan where exp lacks that seed."""
-    runs = size.runs.get(exp, {})
-    loss = np.array([runs[s].val_nll if s in runs else np.nan for s in seeds])
-    flops = np.array([(train_flops(runs[s])[0] or np.nan) if s in runs else np.nan for s in seeds], dtype=float)
-    return loss, flops
-
-
-def compute_multipliers(study, n_boot=N_BOOT, seed=BOOT_SEED):
-    """Each arm's compute multiplier at each size against the reference arm's loss-vs-compute curve.
-    Returns (method sentence, [Multiplier], notes). The curve goes through the reference's mean val NLL and
-    mean training FLOPs at each size: a fitted L = a*C^-b + c with FIT_MIN_SIZES or more sizes, else
-    straight lines in log C between the measured points. Interval: paired percentile bootstrap over seeds
-    (each resample draws the reference's seeds of every size with replacement and uses the same draws for
-    each arm at that size; 2.5th and 97.5th percentiles, inverted-CDF, of the resamples that give a value)."""
+def compute_multipliers(study):
+    """Each arm's compute multiplier at each size, in each measure of compute (MEASURES), against the reference
+    arm's loss-vs-compute curve (log_multiplier): (method sentence, [Multiplier], notes)."""
     ref, notes = study.reference, []
-    sizes = [s for s in study.sizes if s.runs.get(study.reference)]
+    sizes = [s for s in study.sizes if s.runs.get(ref)]
     for s in study.sizes:
         if s not in sizes:
             notes.append(f"Size {s.label} has no finished {ref} run and is left out of the compute curve.")
     if len(sizes) < 2:
         return (f"Compute multiplier: needs finished {ref} runs at two or more sizes (the study has "
                 f"{len(sizes)}).", [], notes)
-    seeds = [list(s.runs[ref]) for s in sizes]
-    base = [_seed_table(s, ref, sd) for s, sd in zip(sizes, seeds)]
-    if any(np.isnan(f).any() for _, f in base):
-        return "Compute multiplier: the training FLOPs of some reference runs are unknown.", [], notes
-    order = np.argsort([f.mean() for _, f in base])
-    sizes, seeds, base = [sizes[i] for i in order], [seeds[i] for i in order], [base[i] for i in order]
-    fitted = len(sizes) >= FIT_MIN_SIZES
-    rng = np.random.default_rng(seed)
-    draws = [np.concatenate([np.arange(len(sd))[None], rng.integers(len(sd), size=(n_boot, len(sd)))])
-             for sd in seeds]   # row 0: the seeds as measured (the point estimate); then the resamples
-    loss = np.stack([l[d].mean(1) for (l, _), d in zip(base, draws)], axis=1)         # (1 + B, sizes)
-    logc = np.log(np.stack([f[d].mean(1) for (_, f), d in zip(base, draws)], axis=1))
-    lo_l, hi_l = loss[0].min(), loss[0].max()
-    if fitted:
-        c0 = logc[:, :1]
-        a, b, c = fit_power_law(logc - c0, loss)
-        inverse = lambda target: c0[:, 0] + invert_power_law(target, a, b, c)
-        method = (f"Compute multiplier = C_{ref}(L_arm) / C_arm: the {ref}'s training compute that reaches the "
-                  f"arm's loss, divided by the arm's. The {ref} curve is the law L = a·C^-b + c fitted by least "
-                  f"squares to its mean val NLL at the {len(sizes)} sizes (a = {a[0]:.4g} at C0 = "
-                  f"{math.exp(c0[0, 0]):.3g} FLOPs, b = {b[0]:.3g}, c = {c[0]:.4f}).")
-        if not np.isfinite(a[0]):
-            notes.append(f"The {ref}'s loss does not fall with compute: no law fits, no multiplier.")
-    else:
-        inverse = lambda target: invert_piecewise(target, logc, loss)
-        method = (f"Compute multiplier = C_{ref}(L_arm) / C_arm: the {ref}'s training compute that reaches the "
-                  f"arm's loss, divided by the arm's. With {len(sizes)} sizes (fewer than {FIT_MIN_SIZES}) the "
-                  f"{ref} curve is piecewise linear in log C between its measured points (mean val NLL per "
-                  f"size); past them the end segment is extended.")
-        if not np.all(np.diff(loss[0]) < 0):
-            notes.append(f"The {ref}'s mean loss does not fall with compute at every step between sizes "
-                         f"({', '.join(f'{l:.4f}' for l in loss[0])}): no multiplier by interpolation.")
-    method += (f" Interval: 95% paired percentile bootstrap over seeds ({n_boot} resamples; each draws every "
-               f"size's seeds with replacement, the same draws for the {ref} and the arm).")
+    method = [f"Compute multiplier = C_{ref}(L_arm) / C_arm: the compute the {ref} needs to reach the arm's val "
+              f"NLL, divided by the arm's compute (2.00x: the {ref} needs twice the compute; below 1: the change "
+              f"costs compute). L_arm = the {ref}'s mean at that size + the mean paired Δ (the arm's mean when both "
+              f"ran the same seeds). C_{ref}(L) follows straight lines in log C between the {ref}'s mean val NLL "
+              f"at its {len(sizes)} sizes and is never extrapolated: an arm whose loss lies past the losses the "
+              f"{ref} measured gets a bound (> the {ref}'s largest compute / C_arm, or < its smallest / C_arm), "
+              f"not a number. 95% interval: the paired Δ's Student t interval pushed through that curve, each "
+              f"other size's point moved by its 95% Welch t interval from this size, the way that widens it "
+              f"(conservative; at equal compute it excludes 1 only where the paired Δ's interval excludes 0); "
+              f"an end past the measured range is a bound likewise. Two measures of compute: training FLOPs "
+              f"(train.py's count: 6 per weight of every matmul, the tied output head included, plus attention) "
+              f"and non-embedding 6ND (Kaplan et al. 2020's compute C = 6ND: N = non-embedding parameters, "
+              f"D = training tokens; without the head)." + _share_sentence(study, sizes)]
     out = []
-    for i, size in enumerate(sizes):
-        for exp in size.runs:
-            if exp == ref or not size.runs[exp]:
+    for measure, compute in MEASURES.items():
+        out += _multipliers_by(study, sizes, measure, compute, method, notes)
+    warnings = {(m.size, m.experiment): m.warning for m in out if m.warning}
+    for m in out:
+        m.warning = warnings.get((m.size, m.experiment))
+    return " ".join(method), out, notes
+
+
+def _share_sentence(study, sizes):
+    """How much of the reference's training FLOPs the non-embedding compute is, over the sizes."""
+    shares = [nonembedding_compute(r) / train_flops(r)[0] for s in sizes for r in s.runs[study.reference].values()
+              if nonembedding_compute(r) and train_flops(r)[0]]
+    if not shares:
+        return ""
+    return (f" Here the non-embedding compute is {100 * min(shares):.1f}-{100 * max(shares):.1f}% of the "
+            f"{study.reference}'s training FLOPs (the rest: the output head and attention).")
+
+
+def _multipliers_by(study, sizes, measure, compute, method, notes):
+    """The multipliers of every arm at every size by one measure of compute; adds sentences to method and
+    notes."""
+    ref = study.reference
+    cost = [[compute(r) for r in s.runs[ref].values()] for s in sizes]
+    if any(c is None for cs in cost for c in cs):
+        notes.append(f"By {measure}: unknown for some {ref} runs (results.json), no multiplier by it.")
+        return []
+    order = sorted(range(len(sizes)), key=lambda i: np.mean(cost[i]))
+    sizes, logc = [sizes[i] for i in order], np.log([np.mean(cost[i]) for i in order])
+    ref_nll = [np.array([[r.val_nll for r in s.runs[ref].values()]]) for s in sizes]       # [(1, n_i)]
+    means = np.array([x.mean() for x in ref_nll])
+    if not np.all(np.diff(means) < 0):
+        notes.append(f"By {measure}: the {ref}'s mean val NLL does not fall with compute at every step between "
+                     f"sizes ({', '.join(f'{x:.4f}' for x in means)}): no multiplier by it.")
+        return []
+    law = _fit_law(study, sizes, measure, logc, ref_nll, method) if len(sizes) >= FIT_MIN_SIZES else None
+    out = []
+    for j, size in enumerate(sizes):
+        for exp, runs in size.runs.items():
+            if exp == ref or not runs:
                 continue
-            own = list(size.runs[exp])
-            l_own, f_own = _seed_table(size, exp, own)
-            if np.isnan(f_own).any():
-                notes.append(f"Size {size.label}, {exp}: training FLOPs unknown, no multiplier.")
+            c_arm = [compute(r) for r in runs.values()]
+            _, diffs = paired_diff({k: r.val_nll for k, r in runs.items()},
+                                   {k: r.val_nll for k, r in size.runs[ref].items()})
+            if None in c_arm or not diffs:
+                notes.append(f"Size {size.label}, {exp}: " + (f"{measure} unknown" if None in c_arm else
+                             f"no seed in common with the {ref}") + f", no multiplier by {measure}.")
                 continue
-            l_arm, f_arm = _seed_table(size, exp, seeds[i])
-            lb, fb = _mean_of_drawn(l_arm, draws[i]), _mean_of_drawn(f_arm, draws[i])  # the reference's draws
-            lb[0], fb[0] = l_own.mean(), f_own.mean()       # point estimate: all of the arm's seeds
-            with np.errstate(over="ignore", invalid="ignore"):
-                hit = inverse(lb)                           # log of the reference compute reaching lb
-                mult = np.exp(hit - np.log(fb))
-            boot = mult[1:][~np.isnan(mult[1:])]
-            interval = tuple(float(x) for x in np.quantile(boot, [0.025, 0.975], method="inverted_cdf")) \
-                if len(boot) else None
-            warning = None
-            if lb[0] < lo_l or lb[0] > hi_l:
-                side, edge = ("below the lowest", lo_l) if lb[0] < lo_l else ("above the highest", hi_l)
-                warning = (f"extrapolated: the arm's loss {lb[0]:.4f} is {side} loss the {ref} reached "
-                           f"({edge:.4f}), past the measured range")
-            if np.isinf(mult[0]):
-                warning = f"below the fitted floor: the arm's loss {lb[0]:.4f} is below c, no finite {ref} compute"
-            if len(boot) < n_boot:
-                notes.append(f"Size {size.label}, {exp}: {n_boot - len(boot)} of {n_boot} resamples gave no "
-                             f"multiplier (the {ref}'s resampled loss did not fall with compute, or the resample "
-                             f"drew none of the arm's seeds).")
-            out.append(Multiplier(size.label, exp, float(lb[0]), float(fb[0]), float(np.exp(hit[0])),
-                                  float(mult[0]), interval, len(boot), warning))
-    return method, out, notes
+            logc_arm = math.log(np.mean(c_arm))
+            est, lo, hi = (float(x[0]) for x in log_multiplier(ref_nll, np.array([diffs]), j, logc, logc_arm))
+            d = float(np.mean(diffs))     # and its 95% t interval d +- hd, as in the per-size report
+            hd = float(_t_half(np.var(diffs, ddof=1) / len(diffs), len(diffs) - 1)) if len(diffs) > 1 else math.nan
+            loss = float(means[j] + d)
+            by_law = None
+            if law is not None and math.isfinite(est):
+                by_law = float(np.exp(logc[0] + invert_power_law(loss, *law)[0] - logc_arm))
+            out.append(Multiplier(size.label, exp, measure, loss, (d, d - hd, d + hd), math.exp(est),
+                                  None if math.isnan(lo) or math.isnan(hi) else (math.exp(lo), math.exp(hi)),
+                                  (math.exp(logc[0] - logc_arm), math.exp(logc[-1] - logc_arm)), by_law,
+                                  _range_warning(study, sizes, loss, means, est)))
+    return out
 
 
+def _fit_law(study, sizes, measure, logc, ref_nll, method):
+    """Fit L = a*(C/C0)^-b + c to the reference's mean val NLL at FIT_MIN_SIZES or more sizes (more points than
+    its 3 parameters, so its residuals test it); adds its parameters and residuals to method. Returns (a, b, c)
+    as arrays, or None when no law of that family fits (loss not falling)."""
+    means = np.array([x.mean() for x in ref_nll])
+    a, b, c = fit_power_law(logc - logc[0], means)
+    if not np.isfinite(a[0]):
+        method.append(f"By {measure}: no law L = a·C^-b + c with a, b > 0 fits the {study.reference}'s losses.")
+        return None
+    resid = means - (a[0] * np.exp(-b[0] * (logc - logc[0])) + c[0])
+    se = [x.std(ddof=1) / math.sqrt(x.shape[1]) if x.shape[1] > 1 else math.nan for x in ref_nll]
+    listed = ", ".join(f"{round(r, 4) + 0.0:+.4f} (se {s:.4f}, {z.label})" for r, s, z in zip(resid, se, sizes))
+    method.append(f"By {measure}, the law L = a·(C/C0)^-b + c fitted by least squares to the {study.reference}'s "
+                  f"{len(sizes)} mean val NLLs (C0 = {math.exp(logc[0]):.3g}: a = {a[0]:.4g}, b = {b[0]:.3g}, "
+                  f"c = {c[0]:.4f}; {len(sizes) - 3} residual degree(s) of freedom) leaves residuals (mean - law) "
+                  f"of {listed}; its multipliers, inside the measured range only, are in the column 'law, {measure}'.")
+    return a, b, c
 
-def _mean_of_drawn(values, draws):
-    """Row-wise mean of values[draws] over the entries that are not nan (nan when a row drew none)."""
-    v = values[draws]
-    ok = ~np.isnan(v)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(ok, v, 0.0).sum(1) / ok.sum(1)
+
+def _range_warning(study, sizes, loss, means, est):
+    """None inside the reference's measured losses; past them, what the study cannot say and the reference run
+    that would say it: the largest size on 2x and 4x its tokens, or the smallest on 1/2 and 1/4."""
+    if not math.isinf(est):
+        return None
+    ref = study.reference
+    beyond = est > 0
+    size = sizes[-1] if beyond else sizes[0]
+    tokens = [r.tokens for r in size.runs[ref].values() if r.tokens]
+    factors = (2, 4) if beyond else (0.5, 0.25)
+    more = [f"{int(round(f * tokens[0]))}" for f in factors] if tokens else None
+    where = (f"below the lowest loss the {ref} measured ({means[-1]:.4f}, size {size.label}): beyond the largest "
+             f"measured {ref}, the multiplier is only a lower bound" if beyond else
+             f"above the highest loss the {ref} measured ({means[0]:.4f}, size {size.label}): before the "
+             f"smallest measured {ref}, the multiplier is only an upper bound")
+    run = (f"the {ref} at size {size.label} on {'2x and 4x' if beyond else '1/2 and 1/4 of'} its tokens"
+           + (f" ({more[0]} and {more[1]}: ablate.py with --experiments {ref}, "
+              + " ".join(f"--scale {k}={v}" for k, v in size.args.items())
+              + f" and --tokens {more[0]}, then {more[1]})" if more else ""))
+    return (f"the arm's val NLL {loss:.4f} is {where}; to measure it, extend the {ref}'s curve past that loss, "
+            f"e.g. with {run}")
 
 # the tuning stage: what each arm chose, and its sensitivity curve
 
@@ -2256,14 +2325,47 @@ def _fmt_flops(x):
     return "?" if x is None or not _is_num(x) else f"{x:.3g}"
 
 
-def _fmt_mult(x):
+def _fmt_mult(x, bounds):
+    """A multiplier: a number inside the measured range, a bound past it (value inf or 0: see Multiplier)."""
     if x is None or math.isnan(x):
         return "n/a"
-    return "∞" if math.isinf(x) else f"{x:.2f}x"
+    if math.isinf(x):
+        return f"> {bounds[1]:.2f}x"
+    return f"< {bounds[0]:.2f}x" if x == 0 else f"{x:.2f}x"
 
 
-def _fmt_interval(m):
-    return f"[{_fmt_mult(m.interval[0])}, {_fmt_mult(m.interval[1])}]" if m.interval else "n/a"
+def _fmt_multiplier(m):
+    """'1.37x [< 1.00x, 1.80x]': the multiplier and its 95% interval."""
+    interval = (f"[{_fmt_mult(m.interval[0], m.bounds)}, {_fmt_mult(m.interval[1], m.bounds)}]" if m.interval
+                else "(no interval)")
+    return f"{_fmt_mult(m.value, m.bounds)} {interval}"
+
+
+def _fmt_law(x):
+    if x is None:
+        return ""
+    return f"{x:.2f}x" if math.isfinite(x) else "below the law's floor c"
+
+
+def multiplier_rows(ref, ms):
+    """(header, rows) of the multiplier table: one row per size and arm, a column per measure of compute (and
+    per fitted law)."""
+    measures = list(dict.fromkeys(m.measure for m in ms))
+    laws = [x for x in measures if any(m.law is not None for m in ms if m.measure == x)]
+    header = ["size", "arm", f"val NLL ({ref} + Δ)", "paired Δ [95% CI]"] + \
+             [f"multiplier, {x} [95%]" for x in measures] + [f"law, {x}" for x in laws] + ["measured range"]
+    rows = []
+    for key in dict.fromkeys((m.size, m.experiment) for m in ms):
+        by = {m.measure: m for m in ms if (m.size, m.experiment) == key}
+        m = next(iter(by.values()))
+        d = m.delta
+        ci = f" [{_signed(d[1])}, {_signed(d[2])}]" if not math.isnan(d[1]) else ""
+        inside = "n/a" if math.isnan(m.value) else "beyond the largest" if math.isinf(m.value) else \
+            "before the smallest" if m.value == 0 else "inside"
+        rows.append([*key, f"{m.loss:.4f}", _signed(d[0]) + ci] +
+                    [_fmt_multiplier(by[x]) if x in by else "n/a" for x in measures] +
+                    [_fmt_law(by[x].law) if x in by else "" for x in laws] + [inside])
+    return header, rows
 
 
 def study_blocks(study, rows, mult, pngs):
@@ -2372,15 +2474,9 @@ def study_blocks(study, rows, mult, pngs):
     method, ms, notes = mult
     blocks.append(("p", method))
     if ms:
-        blocks.append(("table", ["size", "arm", "val NLL", "arm FLOPs", f"{ref} FLOPs for that NLL", "multiplier",
-                                 "95% interval", "warning"],
-                       [[m.size, m.experiment, f"{m.loss:.4f}", _fmt_flops(m.flops), _fmt_flops(m.base_flops),
-                         _fmt_mult(m.value), _fmt_interval(m), (m.warning or "").split(":")[0]] for m in ms]))
-        blocks.append(("p", "A multiplier above 1 means the arm reaches its loss with less compute than the "
-                            f"{ref} needs for it (2.00x: the {ref} needs twice the compute)."))
-        for m in ms:
-            if m.warning:
-                blocks.append(("warn", f"WARNING: size {m.size}, {m.experiment}: {m.warning}."))
+        blocks.append(("table", *multiplier_rows(ref, ms)))
+        warned = dict.fromkeys((m.size, m.experiment, m.warning) for m in ms if m.warning)
+        blocks += [("p", f"Past the measured range: size {size}, {exp}: {w}.") for size, exp, w in warned]
     blocks += [("p", n) for n in notes]
 
     blocks.append(("h", "Failed, diverged and missing runs"))
@@ -2458,7 +2554,7 @@ def write_study_pdf(path, title, blocks, figures):
                 pdf.savefig(figures[b[1]])
 
 
-def write_study_report(root, pdf_path=None, n_boot=N_BOOT):
+def write_study_report(root, pdf_path=None):
     """Read the study in root and write study_report.pdf/.md and its two PNG figures (next to the PDF).
     Returns (Study, tuning rows, multipliers (method, [Multiplier], notes), paths)."""
     study = load_study(root)
@@ -2472,7 +2568,7 @@ def write_study_report(root, pdf_path=None, n_boot=N_BOOT):
         figures[pngs["sensitivity"]] = sensitivity_figure(study, rows)
     else:
         del pngs["sensitivity"]
-    mult = compute_multipliers(study, n_boot)
+    mult = compute_multipliers(study)
     title = f"gpt-ablate study report: {study.root.resolve().name}"
     blocks = study_blocks(study, rows, mult, pngs)
     md_path = pdf_path.with_suffix(".md")
@@ -2495,9 +2591,11 @@ def study_main(args):
     for size in study.sizes:
         print(f"size {size.label}: " + (verdict_line(size.analysis) if size.analysis else "no finished comparison run"))
     print(method)
-    for m in ms:
-        print(f"size {m.size}, {m.experiment}: {_fmt_mult(m.value)} {_fmt_interval(m)}"
-              + (f"  ({m.warning})" if m.warning else ""))
+    header, rows = multiplier_rows(study.reference, ms)
+    for row in rows:
+        print(f"size {row[0]}, {row[1]}: " + "; ".join(f"{h}: {c}" for h, c in zip(header[2:], row[2:]) if c))
+    for size, exp, w in dict.fromkeys((m.size, m.experiment, m.warning) for m in ms if m.warning):
+        print(f"past the measured range: size {size}, {exp}: {w}")
     for n in notes:
         print(n)
     print("wrote " + ", ".join(map(str, paths)))
