@@ -55,8 +55,9 @@ def flatten(order, n):
             return out[:n]
 
 
-def run_stream(ds, n_train, batches, state=None, workers=0, seed=3):
-    stream = train.TrainStream(ds, n_train, seed=seed, batch_size=4, block_size=16, num_workers=workers, state=state)
+def run_stream(ds, n_train, batches, state=None, workers=0, seed=3, shuffle_tokens=16 * 64):
+    stream = train.TrainStream(ds, n_train, seed=seed, batch_size=4, block_size=16, num_workers=workers, state=state,
+                               shuffle_tokens=shuffle_tokens)
     out = [stream.next_batch()[0] for _ in range(batches)]
     stream.close()
     return out, stream
@@ -414,7 +415,7 @@ def test_zst_stream_resumes_exactly_for_any_worker_count(tmp_path):
     full, _ = run_stream(packed, n_train, batches=40)  # about two epochs
     first, stream = run_stream(packed, n_train, batches=25)
     state = stream.state_dict()
-    assert state["epoch"] == 1 and state["pos"] > 0
+    assert state["epoch"] >= 1 and state["pos"] > 0 and len(state["buffer"]) > 0  # mid-epoch, a buffer full
     rest, _ = run_stream(packed, n_train, batches=15, state=state, workers=1)
     assert all((a == b).all() for a, b in zip(first + rest, full))
 

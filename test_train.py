@@ -365,8 +365,8 @@ def stream_batches(corpus, n, **kw):
     return ds, n_train, stream, batches
 
 
-def test_packing_drops_and_pads_nothing(corpus):
-    ds, n_train, stream, batches = stream_batches(corpus, 40)
+def test_per_row_streams_drop_and_pad_nothing(corpus):
+    ds, n_train, stream, batches = stream_batches(corpus, 40, shuffle_tokens=0)
     assert all(b[0].shape == (3, 16) for b in batches)
     # the spec: documents in the seeded order, each to the row with the fewest tokens waiting (first of
     # equals), every row a stream of its own whose last target is its next first input
@@ -389,8 +389,8 @@ def test_packing_drops_and_pads_nothing(corpus):
     assert len(set(first_rows.tolist())) == 3  # the rows of a batch start in different documents
 
 
-def test_batch_size_one_is_one_stream(corpus):
-    ds, n_train, _, batches = stream_batches(corpus, 30, batch_size=1)
+def test_batch_size_one_with_shuffle_tokens_0_is_one_stream(corpus):
+    ds, n_train, _, batches = stream_batches(corpus, 30, batch_size=1, shuffle_tokens=0)
     x = torch.cat([b[0].reshape(-1) for b in batches])
     order = np.random.default_rng([3, 0]).permutation(n_train)
     expected = np.concatenate([ds[int(i)][0] for i in order])[:len(x)]
@@ -408,18 +408,100 @@ def test_order_is_the_same_for_any_worker_count_and_epoch_reshuffles(corpus):
     expected = torch.from_numpy(np.concatenate(epoch_tokens).astype(np.int64))
     n = (len(epoch_tokens[0]) + len(epoch_tokens[1])) // 32 + 8  # into the third epoch
     for workers in (0, 2):
-        _, _, stream, batches = stream_batches(corpus, n, batch_size=1, block_size=32, num_workers=workers)
+        _, _, stream, batches = stream_batches(corpus, n, batch_size=1, block_size=32, num_workers=workers,
+                                               shuffle_tokens=0)
         assert stream.epoch == 2, workers
         x = torch.cat([b[0].reshape(-1) for b in batches])
         assert torch.equal(x, expected[:len(x)]), f"{workers} workers: not the documents of each epoch in its order"
 
 
-def test_stream_resumes_from_its_state(corpus):
-    ds, n_train, _, full = stream_batches(corpus, 30)
-    _, _, first, part = stream_batches(corpus, 12)
-    resumed = train.TrainStream(ds, n_train, seed=3, batch_size=3, block_size=16, state=first.state_dict())
+@pytest.mark.parametrize("shuffle_tokens", [0, 16 * 40])
+def test_stream_resumes_from_its_state(corpus, shuffle_tokens):
+    ds, n_train, _, full = stream_batches(corpus, 30, shuffle_tokens=shuffle_tokens)
+    _, _, first, part = stream_batches(corpus, 12, shuffle_tokens=shuffle_tokens)
+    state = first.state_dict()
+    resumed = train.TrainStream(ds, n_train, seed=3, batch_size=3, block_size=16, state=state,
+                                shuffle_tokens=shuffle_tokens, num_workers=1)
     rest = [resumed.next_batch() for _ in range(18)]
+    resumed.close()
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full, part + rest))
+    if shuffle_tokens:  # the buffer is part of the state: without it the resumed order differs
+        del state["buffer"], state["buffer_docs"]
+        lost = train.TrainStream(ds, n_train, seed=3, batch_size=3, block_size=16, state=state,
+                                 shuffle_tokens=shuffle_tokens)
+        assert not torch.equal(torch.cat([lost.next_batch()[0] for _ in range(3)]),
+                               torch.cat([b[0] for b in full[12:15]]))
+
+
+def window_rows(batches):
+    """The windows (block_size+1 tokens) of batches, as tuples: x with y's last token."""
+    return [tuple(x.tolist()) + (int(y[-1]),) for b in batches for x, y in zip(*b)]
+
+
+def test_shuffled_order_draws_every_window_of_the_stream_once_and_out_of_order(corpus):
+    # the spec: the documents in the seeded order, epoch after epoch, as one stream cut into windows of
+    # block_size+1 tokens overlapping by one; the windows drawn plus those still in the buffer are exactly
+    # the stream's first windows (nothing dropped or repeated), drawn in another order
+    ds, n_train, stream, batches = stream_batches(corpus, 60, shuffle_tokens=16 * 50)
+    tokens = np.concatenate([ds[int(i)][0] for e in range(3) for i in np.random.default_rng([3, e]).permutation(n_train)])
+    n_cut = 60 * 3 + stream.count
+    stream_windows = [tuple(tokens[i * 16:i * 16 + 17].tolist()) for i in range(n_cut)]
+    drawn = window_rows(batches)
+    assert sorted(drawn + [tuple(w.tolist()) for w in stream.buffer[:stream.count]]) == sorted(stream_windows)
+    assert stream.count == 50 - 3  # shuffle_tokens / block_size windows, less the last batch drawn
+    assert sum(a == b for a, b in zip(drawn, stream_windows)) < 10, "windows come out in the stream's order"
+
+
+def test_shuffled_batches_rarely_share_a_document_with_the_step_before(corpus):
+    # the old per-row streams stay in a document for several steps; the shuffle buffer (here one epoch,
+    # its cap on a small corpus) mixes: measured and expected, per row and per 50 steps
+    mixing = {}
+    for shuffle_tokens in (0, 1 << 20):
+        _, _, stream, _ = stream_batches(corpus, 150, batch_size=4, shuffle_tokens=shuffle_tokens)
+        mixing[shuffle_tokens] = stream.mixing()
+        assert stream.mixing()["steps"] == 150
+    streams, shuffled = mixing[0], mixing[1 << 20]
+    assert streams["doc_repeat"] > 0.5 and shuffled["doc_repeat"] < 0.1, mixing
+    assert shuffled["docs_per_50_steps"] > 1.4 * streams["docs_per_50_steps"], mixing  # (of 110 documents)
+    ds, n_train, stream, _ = stream_batches(corpus, 0, batch_size=4)
+    expected = stream.expected_mixing()  # the buffer holds one epoch: every training document
+    assert expected["buffer_docs"] == n_train - 0 and expected["doc_repeat"] < 0.05
+    assert expected["doc_repeat"] == pytest.approx(shuffled["doc_repeat"], abs=0.03)
+
+
+def test_a_large_buffer_fills_gradually_and_never_past_one_epoch(corpus, monkeypatch):
+    ds = train.JSONLDataset([corpus])
+    n_train = train.split_validation(ds, 10)[0]
+    monkeypatch.setattr(train, "FIRST_FILL", 16 * 20)  # as if the corpus were large: 20 windows before step 1
+    stream = train.TrainStream(ds, n_train, seed=3, batch_size=2, block_size=16, shuffle_tokens=1 << 20)
+    counts = []
+    for _ in range(30):
+        stream.next_batch()
+        counts.append(stream.count + 2)  # the buffer before this batch's draw
+    assert counts[0] == 20 and all(b - a <= 4 * 2 for a, b in zip(counts, counts[1:])) and counts[-1] > 100
+    # on and on: the buffer stops growing at one epoch of documents (no document twice in it)
+    for _ in range(300):
+        stream.next_batch()
+    docs = stream.buffer_docs[:stream.count]
+    assert docs.max() - docs.min() < n_train and len(np.unique(docs % n_train)) == len(np.unique(docs))
+    stream.close()
+
+
+def test_every_arm_of_a_seed_trains_on_the_same_windows(tmp_path, corpus, monkeypatch):
+    # common random numbers: the switches, the evaluation settings and the worker count leave the batches alone
+    seen = {}
+
+    def record(run, optimizer, scaler, x, y):
+        seen.setdefault(run.cfg.out_dir, []).append(x.clone())
+        return torch.zeros(())
+
+    monkeypatch.setattr(train, "train_step", record)
+    monkeypatch.setattr(train, "evaluate", lambda *a, **kw: (1.0, 1.0, 0.1))
+    arms = [{}, {"use_rope": True, "use_swiglu": True, "eval_interval": 3}, {"use_rmsnorm": True, "num_workers": 1}]
+    for i, arm in enumerate(arms):
+        train.train(tiny(tmp_path / str(i), corpus, max_iters=12, **arm))
+    batches = list(seen.values())
+    assert len(batches) == 3 and all(torch.equal(torch.stack(b), torch.stack(batches[0])) for b in batches)
 
 
 def test_demo_corpus_is_pile_format(tmp_path):

@@ -63,9 +63,11 @@ class UserError(Exception):
 # -----------------------------------------------------------------------------
 # Configuration: every key with its type, default and meaning (python train.py --help lists them)
 
-def opt(default, help, choices=None, shape=False):
-    """A config key. shape=True: it changes the model's parameters, so a checkpoint must agree on it."""
-    return field(default=default, metadata={"help": help, "choices": choices, "shape": shape})
+def opt(default, help, choices=None, shape=False, before=None):
+    """A config key. shape=True: it changes the model's parameters, so a checkpoint must agree on it.
+    before: the value that runs made before the key existed had (their saved configs lack it), if not the default."""
+    meta = {"help": help, "choices": choices, "shape": shape}
+    return field(default=default, metadata=meta if before is None else {**meta, "before": before})
 
 
 def switch(help, shape, ablate=True):
@@ -87,6 +89,10 @@ class Config:
                         choices=("val", "tune"))
     min_chars: int = opt(1, "documents shorter than this (after stripping) are skipped")
     num_workers: int = opt(0, "DataLoader worker processes that read and tokenize documents")
+    shuffle_tokens: int = opt(1 << 20, "each batch row is a window drawn at random from a buffer of this many "
+                                       "tokens of training windows, refilled with documents in the seeded order "
+                                       "(near-i.i.d. batches); 0 = each row a stream of its own documents (the "
+                                       "order of runs made before this key existed)", before=0)
     # model
     block_size: int = opt(256, "context length in tokens", shape=True)
     n_layer: int = opt(4, "transformer blocks", shape=True)
@@ -468,12 +474,14 @@ class StopFlag:
 
 
 # Keys that make two runs the same run (besides MODEL_KEYS): --resume=auto continues only such a run.
-RUN_KEYS = ("data_path", "seed", "data_seed", "batch_size", "val_docs", "tune_docs", "eval_set", "min_chars")
+RUN_KEYS = ("data_path", "seed", "data_seed", "batch_size", "val_docs", "tune_docs", "eval_set", "min_chars",
+            "shuffle_tokens")
 
 
 def config_value(config, key):
-    """A key of a saved config (a dict), or its default when the config is older than the key."""
-    return config.get(key, CONFIG_FIELDS[key].default)
+    """A key of a saved config (a dict); when the config is older than the key, the value runs had then."""
+    meta = CONFIG_FIELDS[key].metadata
+    return config.get(key, meta.get("before", CONFIG_FIELDS[key].default))
 
 
 # Keys that say how a run is run, watched or kept, not what it trains or measures: the only keys in which
@@ -539,7 +547,8 @@ class Run:
         data_state = ddp.rank_state(ckpt, self.n_train, cfg.seed, data_state)  # each process's own share
         self.stream = TrainStream(self.ds, self.n_train, data_seed(cfg), cfg.batch_size, cfg.block_size,
                                   cfg.num_workers, data_state, pin=self.device_type == "cuda",
-                                  rank=ddp.rank, world_size=ddp.world)
+                                  rank=ddp.rank, world_size=ddp.world, shuffle_tokens=cfg.shuffle_tokens)
+        print(order_line(self.stream))
         self.saved_step = ckpt["step"] if ckpt is not None else None  # step of this run's ckpt.pt
         self.open_log(ckpt)
         self.t_start = time.time()
@@ -704,12 +713,12 @@ class Run:
         step_s, eval_s = measure_step_time(self)
         self.times["probe"] += time.time() - t0
         left = self.max_time - self.elapsed()
-        steps = steps_within(left, step_s, eval_s, len(self.val) / max(1, len(self.val_periodic)),
+        steps = steps_within(left, step_s, eval_s, len(self.val[0]) / max(1, len(self.val_periodic[0])),
                              self.cfg.eval_interval)
         self.horizon = self.ddp.agree(min(self.cfg.max_iters, steps))  # rank 0's clock decides
         if self.horizon == 0:
             raise UserError(f"max_time {self.cfg.max_time} leaves no time for a training step ({step_s:.2f} s per "
-                            f"step, {eval_s:.2f} s per periodic evaluation, the final one {len(self.val)} windows): "
+                            f"step, {eval_s:.2f} s per periodic evaluation, the final one {len(self.val[0])} windows): "
                             "raise max_time or lower val_docs")
         print(f"max_time {self.cfg.max_time}: {step_s:.3f} s per step, {eval_s:.2f} s per periodic evaluation "
               f"-> planned run length {self.horizon} steps")
@@ -784,17 +793,18 @@ class Run:
               f"{rate:,.0f} tok/s | mfu {mfu:.1%} | eta {format_seconds(eta)}", flush=True)
         self.loss_sum, self.loss_count = torch.zeros((), device=self.device), 0
 
-    def evaluate(self, windows):
-        """Validation NLL of the windows (rank 0 evaluates), logged with its standard error over windows."""
-        t0 = time.time()
+    def evaluate(self, held_out):
+        """Validation NLL of held_out = (windows, document of each) (rank 0 evaluates), logged with its
+        standard error by document."""
+        (windows, doc_of), t0 = held_out, time.time()
         nll, bpb, se = (evaluate(self.model, windows, eval_batch_size(self.cfg), self.device, self.autocast,
-                                 self.byte_lengths) if self.ddp.is_main else (math.nan, math.nan, math.nan))
+                                 self.byte_lengths, doc_of) if self.ddp.is_main else (math.nan, math.nan, math.nan))
         self.times["eval"] += time.time() - t0
         self.log("eval", tokens=self.tokens, elapsed=round(self.elapsed(), 3),
                  lr=get_lr(max(0, self.step - 1), self.cfg, self.horizon), val_nll=nll, val_nll_se=se,
-                 val_bpb=bpb, windows=len(windows))
-        print(f"step {self.step}: val nll {nll:.4f} ± {se:.4f} (standard error over {len(windows)} windows), "
-              f"{bpb:.4f} bits/byte")
+                 val_bpb=bpb, windows=len(windows), documents=len(np.unique(doc_of)))
+        print(f"step {self.step}: val nll {nll:.4f} ± {se:.4f} (standard error by document: {len(windows)} "
+              f"windows of {len(np.unique(doc_of))} documents), {bpb:.4f} bits/byte")
         return nll, bpb, se
 
     def check_finite(self, value):
@@ -876,7 +886,9 @@ class Run:
                    "eval_time": self.times["eval"], "ckpt_time": self.times["ckpt"], "probe_time": self.times["probe"],
                    "tokens_per_s": self.tokens / train_time,  # training throughput
                    "mfu": self.tokens / train_time * self.flops_token / (self.peak * self.ddp.world),
-                   "peak_flops": self.peak, "skipped_lines": self.stream.skipped, "device": self.device,
+                   "peak_flops": self.peak, "skipped_lines": self.stream.skipped,
+                   "mixing": self.stream.mixing(),  # measured on this process's batches (rank 0's with DDP)
+                   "device": self.device,
                    "dtype": self.dtype, "world_size": self.ddp.world,
                    "eval_set": self.cfg.eval_set,  # val_nll is on this set: val, or the tuning set (tune)
                    "flops_per_token": self.flops_token, "train_flops": self.flops_token * self.tokens,
@@ -892,6 +904,7 @@ class Run:
               f"({format_seconds(train_time)} training, {results['tokens_per_s']:,.0f} tok/s; "
               f"{format_seconds(self.times['eval'])} evaluating); val nll {nll:.4f} ± {se:.4f} "
               f"({bpb:.4f} bits/byte); results in {self.out / 'results.json'}")
+        print(mixing_line(results["mixing"]))
         return results
 
 
@@ -958,12 +971,12 @@ def build(cfg, ddp):
     ds = JSONLDataset(files, cfg.min_chars)
     n_train, tune_texts, val_texts, val_skipped = held_out_sets(ds, cfg.val_docs, cfg.tune_docs)
     n_docs, kind = (cfg.tune_docs, "tuning") if cfg.eval_set == "tune" else (cfg.val_docs, "validation")
-    val = validation_windows(tune_texts if cfg.eval_set == "tune" else val_texts, cfg.block_size)
+    val, val_doc_of = validation_windows(tune_texts if cfg.eval_set == "tune" else val_texts, cfg.block_size)
     if len(val) == 0:
         raise UserError(f"the {n_docs} {kind} documents hold fewer than block_size+1 = "
                         f"{cfg.block_size + 1} tokens; raise --{cfg.eval_set}_docs")
     n_periodic = min(len(val), cfg.eval_iters * cfg.batch_size)
-    val_periodic = val[np.linspace(0, len(val) - 1, n_periodic).round().astype(np.int64)]
+    periodic = np.linspace(0, len(val) - 1, n_periodic).round().astype(np.int64)
     print(f"data: {len(ds):,} lines in {len(files)} file(s); {n_train:,} training lines, "
           + (f"{cfg.tune_docs} tuning documents held out; " if cfg.tune_docs else "")
           + f"evaluated on {n_docs} {kind} documents = {len(val)} windows of {cfg.block_size} tokens "
@@ -980,7 +993,8 @@ def build(cfg, ddp):
     train_model = torch.compile(train_model) if cfg.compile else train_model
     return SimpleNamespace(
         cfg=cfg, ddp=ddp, device=device, device_type=device_type, dtype=dtype, autocast=autocast_context(device, dtype),
-        ds=ds, n_train=n_train, val=val, val_periodic=val_periodic, byte_lengths=token_byte_lengths(),
+        ds=ds, n_train=n_train, byte_lengths=token_byte_lengths(),
+        val=(val, val_doc_of), val_periodic=(val[periodic], val_doc_of[periodic]),  # (windows, document of each)
         model=model, params=params, optimizer=model.configure_optimizer(cfg, device_type),
         scaler=torch.amp.GradScaler(enabled=dtype == "float16"), train_model=train_model)
 
@@ -1095,7 +1109,7 @@ def measure_step_time(b, min_seconds=2.0):
     step_s = seconds / done
     t0 = time.perf_counter()
     if b.ddp.is_main:  # rank 0 evaluates
-        evaluate(model, b.val_periodic, eval_batch_size(cfg), b.device, b.autocast, b.byte_lengths)
+        evaluate(model, b.val_periodic[0], eval_batch_size(cfg), b.device, b.autocast, b.byte_lengths)
     eval_s = time.perf_counter() - t0
     model.load_state_dict(saved)
     torch.set_rng_state(rng)
@@ -1122,7 +1136,7 @@ def steps_for_duration(cfg, duration):
     with redirect_stdout(sys.stderr):  # stdout carries the one number
         b = build(cfg, Distributed({}))
         step_s, eval_s = measure_step_time(b)
-    steps = min(cfg.max_iters, steps_within(seconds, step_s, eval_s, len(b.val) / max(1, len(b.val_periodic)),
+    steps = min(cfg.max_iters, steps_within(seconds, step_s, eval_s, len(b.val[0]) / max(1, len(b.val_periodic[0])),
                                             cfg.eval_interval))
     print(f"{step_s:.4f} s per step, {eval_s:.2f} s per periodic evaluation: {steps} steps in {duration}",
           file=sys.stderr)
@@ -1244,8 +1258,9 @@ def check_config(cfg):
         raise UserError(f"dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.use_warmup and cfg.warmup_iters <= 0:
         raise UserError(f"warmup_iters must be > 0 with use_warmup, got {cfg.warmup_iters}")
-    if cfg.num_workers < 0 or cfg.min_chars < 0 or cfg.tune_docs < 0:
-        raise UserError("num_workers, min_chars and tune_docs must be >= 0")
+    for key in ("num_workers", "min_chars", "tune_docs", "shuffle_tokens"):
+        if getattr(cfg, key) < 0:
+            raise UserError(f"{key} must be >= 0, got {getattr(cfg, key)}")
     if cfg.eval_set == "tune" and cfg.tune_docs == 0:
         raise UserError("eval_set=tune needs a tuning set: set tune_docs > 0")
     for key, f in CONFIG_FIELDS.items():  # Config(...) made in code, not through coerce
@@ -1638,17 +1653,14 @@ def last_documents_streaming(ds, val_docs):
     return 0, texts, skipped
 
 
-def make_windows(tokens, block_size):
-    """Cut a token stream into windows of block_size+1 tokens that overlap by one token, so every
-    token after the first is a target exactly once. The last incomplete window is dropped."""
-    n = (len(tokens) - 1) // block_size
-    idx = np.arange(n)[:, None] * block_size + np.arange(block_size + 1)[None, :]
-    return torch.from_numpy(tokens[idx].astype(np.int64))  # (n, block_size+1)
-
-
 def validation_windows(texts, block_size):
-    tokens = np.concatenate([tokenize(t) for t in texts])
-    return make_windows(tokens, block_size)
+    """The held-out texts as one stream cut into windows as training cuts them (TokenTail.cut), and the
+    text (index into texts) of each window's first token: (n, block_size+1) int64 tensor, (n,) array."""
+    tokens = [tokenize(t) for t in texts]
+    lengths = np.array([len(t) for t in tokens], np.int64)
+    tail = TokenTail(np.concatenate(tokens), np.cumsum(lengths) - lengths, np.arange(len(texts)))
+    windows, docs = tail.cut(max(0, (len(tail) - 1) // block_size), block_size)
+    return torch.from_numpy(windows.astype(np.int64)), docs
 
 
 def keep_list(items):
@@ -1732,37 +1744,110 @@ class StreamOrder(torch.utils.data.Sampler):
             epoch, pos = epoch + 1, 0
 
 
+def tokens_to_tensor(a):  # uint16 tokens kept in a checkpoint as int16 (2 bytes each; loads with weights_only)
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint16).view(np.int16))
+
+
+def tokens_from_state(t):  # a checkpoint's tokens: int16 (tokens_to_tensor) or, in older checkpoints, int32
+    a = np.asarray(t)
+    return a.view(np.uint16) if a.dtype == np.int16 else a.astype(np.uint16)
+
+
+class TokenTail:
+    """Tokens read from documents but not yet cut into windows, and which document each token comes from:
+    `starts` are the offsets where documents begin, `docs` their running numbers in the training order."""
+
+    def __init__(self, tokens=None, starts=(), docs=()):
+        self.tokens = np.zeros(0, np.uint16) if tokens is None else tokens
+        self.starts, self.docs = np.asarray(starts, np.int64), np.asarray(docs, np.int64)
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def add(self, tokens, doc):
+        self.starts, self.docs = np.append(self.starts, len(self.tokens)), np.append(self.docs, doc)
+        self.tokens = np.concatenate([self.tokens, tokens])
+
+    def cut(self, n, block_size):
+        """The first n windows of block_size+1 tokens, overlapping by one token so that every token after
+        the first is a target once, and the document of each window's first token. The tail keeps the
+        rest, starting with the last window's last token."""
+        offsets = np.arange(n) * block_size
+        windows = self.tokens[offsets[:, None] + np.arange(block_size + 1)]  # (n, block_size+1)
+        docs = self.docs[np.searchsorted(self.starts, offsets, side="right") - 1]  # (n,)
+        cut = n * block_size
+        first = np.searchsorted(self.starts, cut, side="right") - 1  # the document the rest begins in
+        self.tokens = self.tokens[cut:]
+        self.starts, self.docs = np.maximum(self.starts[first:] - cut, 0), self.docs[first:]
+        return windows, docs
+
+    def state_dict(self):
+        return {"tokens": tokens_to_tensor(self.tokens), "starts": torch.from_numpy(self.starts.copy()),
+                "docs": torch.from_numpy(self.docs.copy())}
+
+
+def tail_from_state(state, doc):
+    """A TokenTail from state_dict(), or from an older checkpoint's bare tokens (one document, number doc)."""
+    if isinstance(state, dict):
+        return TokenTail(tokens_from_state(state["tokens"]), np.asarray(state["starts"]), np.asarray(state["docs"]))
+    tokens = tokens_from_state(state)
+    return TokenTail(tokens, [0] if len(tokens) else [], [doc] if len(tokens) else [])
+
+
+FIRST_FILL = 1 << 20  # tokens in the shuffle buffer before the first step; a larger buffer grows while training
+
+
 class TrainStream:
-    """Packs training documents, in DocumentOrder, into batches of batch_size rows of block_size+1 tokens
-    (no padding, nothing dropped). Each row is a stream of its own: the next document in the order goes
-    to the row with the fewest tokens waiting, so a batch holds pieces of about batch_size different
-    documents rather than one long document cut into consecutive windows (less noise per step). A row's
-    last target is its next first input. The state (epoch, place in the order, each row's waiting
-    tokens) is the exact data position: the order depends only on the data and the data seed, never on
-    the worker count, the switches or the evaluation settings."""
+    """Training batches of batch_size windows of block_size+1 tokens (no padding, nothing dropped), cut from
+    the training documents read in DocumentOrder, each followed by <|endoftext|>. Two orders:
+    - shuffle_tokens > 0 (the default): the documents form one stream, cut into consecutive windows that
+      enter a buffer of about shuffle_tokens tokens; each row of a batch is a window drawn from the buffer
+      at random, and the buffer is refilled in the order. A step sees windows from all over the buffer,
+      as nanoGPT's random windows see the whole corpus, so consecutive steps rarely share a document.
+    - shuffle_tokens = 0: each row is a stream of its own; the next document goes to the row with the
+      fewest tokens waiting (the order of runs made before shuffle_tokens existed: a row stays in one
+      document for many steps).
+    The state (epoch, place in the order, the buffer or the rows, the draws made) is the exact data
+    position. The order depends only on the data, the data seed, block_size, batch_size and
+    shuffle_tokens: never on the worker count, the switches or the evaluation settings."""
 
     def __init__(self, ds, n_train, seed, batch_size, block_size, num_workers=0, state=None, pin=False,
-                 rank=0, world_size=1):
+                 rank=0, world_size=1, shuffle_tokens=Config.shuffle_tokens):
         state = state or {}
         self.ds, self.n_train, self.seed = ds, n_train, seed
         # distributed: process `rank` of world_size reads only its share of each epoch's order
         self.rank, self.world_size = rank, world_size
         self.n_docs = len(range(rank, n_train, world_size))  # this process's documents per epoch
         self.batch_size, self.block_size, self.num_workers, self.pin = batch_size, block_size, num_workers, pin
+        self.shuffle_tokens = shuffle_tokens
         self.epoch, self.pos = int(state.get("epoch", 0)), int(state.get("pos", 0))
-        rows = state.get("rows") or ([state["leftover"]] if state.get("leftover") is not None else [])
-        rows = [np.asarray(r, dtype=np.uint16) for r in rows][:batch_size]
-        rows += [np.zeros(0, np.uint16)] * (batch_size - len(rows))
-        self.pieces = [[r] for r in rows]  # per row: token arrays waiting to be used
-        self.counts = [len(r) for r in rows]  # per row: tokens waiting
         self.skipped = dict(state.get("skipped", {}))
         self.tokens_this_epoch = int(state.get("tokens_this_epoch", 0))
+        self.batches = int(state.get("batches", 0))  # batches handed out
+        # per-row streams (shuffle_tokens=0); an older checkpoint's rows are bare tokens, or one "leftover"
+        rows = state.get("rows") or ([state["leftover"]] if state.get("leftover") is not None else [])
+        self.rows = [tail_from_state(r, -1 - i) for i, r in enumerate(rows[:batch_size])]
+        self.rows += [TokenTail() for _ in range(batch_size - len(self.rows))]
+        # the shuffle buffer: its first `count` windows and the document of each one's first token
+        self.tail = tail_from_state(state["tail"], -1) if "tail" in state else TokenTail()
+        buffered = tokens_from_state(state["buffer"]) if "buffer" in state else np.zeros((0, block_size + 1), np.uint16)
+        self.count = len(buffered)
+        self.buffer, self.buffer_docs = buffered, np.asarray(state.get("buffer_docs", np.zeros(0)), np.int64)
+        # how mixed the order is (mixing()): rows whose document repeats from the step before, distinct
+        # documents per block of 50 steps
+        self.mix = {"repeats": 0, "rows": 0, "blocks": 0, "distinct": 0, **state.get("mix", {})}
+        self.last_docs = np.asarray(state["last_docs"]) if "last_docs" in state else None
+        self.block_docs = set(np.asarray(state.get("block_docs", [])).tolist())
         self.loader = None
 
     def state_dict(self):
-        rows = [np.concatenate(p) if p else np.zeros(0, np.uint16) for p in self.pieces]
-        return {"epoch": self.epoch, "pos": self.pos, "rows": [torch.from_numpy(r.astype(np.int32)) for r in rows],
-                "skipped": dict(self.skipped), "tokens_this_epoch": self.tokens_this_epoch}
+        return {"epoch": self.epoch, "pos": self.pos, "skipped": dict(self.skipped),
+                "tokens_this_epoch": self.tokens_this_epoch, "batches": self.batches,
+                "rows": [r.state_dict() for r in self.rows], "tail": self.tail.state_dict(),
+                "buffer": tokens_to_tensor(self.buffer[:self.count]),
+                "buffer_docs": torch.from_numpy(self.buffer_docs[:self.count].copy()),
+                "mix": dict(self.mix), "block_docs": torch.tensor(sorted(self.block_docs), dtype=torch.int64),
+                **({"last_docs": torch.from_numpy(self.last_docs.copy())} if self.last_docs is not None else {})}
 
     def _documents(self):
         if getattr(self.ds, "streaming", False):  # .jsonl.zst
@@ -1795,29 +1880,126 @@ class TrainStream:
             self.epoch, self.pos, self.tokens_this_epoch = self.epoch + 1, 0, 0
         return tokens
 
+    def place(self):
+        """The number of the next document in the order, counted over all epochs (its line's place)."""
+        return self.epoch * self.n_docs + self.pos
+
+    def read_into(self, tail):
+        """Read the next document into a tail, numbered by its place (nothing for an unusable line)."""
+        doc = self.place()
+        tokens = self.next_document()
+        if len(tokens):
+            tail.add(tokens, doc)
+
+    def fill(self):
+        """Top the buffer up to shuffle_tokens (at least one batch), never past one epoch of documents (a
+        small corpus is not repeated inside the buffer). A buffer larger than FIRST_FILL grows by at most
+        4 windows per window drawn, so that no step, the first included, waits long for it."""
+        bs = self.block_size
+        capacity = max(self.batch_size, self.shuffle_tokens // bs)
+        target = min(capacity, max(self.batch_size, FIRST_FILL // bs + 4 * self.batches * self.batch_size))
+        while self.count < target:
+            room = min(target - self.count, (len(self.tail) - 1) // bs) if len(self.tail) else 0
+            if room <= 0:
+                if self.count >= self.batch_size and self.place() - self.buffer_docs[:self.count].min() >= self.n_docs:
+                    return  # the buffer spans a whole epoch
+                self.read_into(self.tail)
+                continue
+            windows, docs = self.tail.cut(room, bs)
+            if self.count + room > len(self.buffer):  # grow (doubling), never past the target
+                more = min(target, max(2 * len(self.buffer), self.count + room)) - self.count
+                self.buffer = np.concatenate([self.buffer[:self.count], np.empty((more, bs + 1), np.uint16)])
+                self.buffer_docs = np.concatenate([self.buffer_docs[:self.count], np.empty(more, np.int64)])
+            self.buffer[self.count:self.count + room], self.buffer_docs[self.count:self.count + room] = windows, docs
+            self.count += room
+
+    def draw(self):
+        """batch_size windows drawn at random from the buffer without replacement (seeded by the data
+        seed, the rank and the batch number); the last window of the buffer takes each one's place."""
+        u = np.random.default_rng([self.seed, self.rank, self.batches]).random(self.batch_size)
+        windows = np.empty((self.batch_size, self.block_size + 1), np.uint16)
+        docs = np.empty(self.batch_size, np.int64)
+        for r in range(self.batch_size):
+            j = int(u[r] * self.count)
+            windows[r], docs[r] = self.buffer[j], self.buffer_docs[j]
+            self.count -= 1
+            self.buffer[j], self.buffer_docs[j] = self.buffer[self.count], self.buffer_docs[self.count]
+        return windows, docs
+
     def next_batch(self):
         """-> x, y: (batch_size, block_size) int64 tensors; y is x shifted by one token."""
-        need = self.block_size + 1
-        while min(self.counts) < need:
-            tokens = self.next_document()
-            if len(tokens):
-                r = int(np.argmin(self.counts))  # the emptiest row (the first of equals) takes it
-                self.pieces[r].append(tokens)
-                self.counts[r] += len(tokens)
-        batch = np.empty((self.batch_size, need), dtype=np.int64)
-        for r, pieces in enumerate(self.pieces):
-            buf = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
-            batch[r] = buf[:need]
-            self.pieces[r], self.counts[r] = [buf[self.block_size:]], len(buf) - self.block_size
-        x, y = torch.from_numpy(batch[:, :-1].copy()), torch.from_numpy(batch[:, 1:].copy())
+        if self.shuffle_tokens:
+            self.fill()
+            windows, docs = self.draw()
+        else:  # per-row streams: the emptiest row (the first of equals) takes the next document
+            while min(len(row) for row in self.rows) < self.block_size + 1:
+                self.read_into(min(self.rows, key=len))
+            cuts = [row.cut(1, self.block_size) for row in self.rows]
+            windows, docs = np.concatenate([w for w, _ in cuts]), np.concatenate([d for _, d in cuts])
+        self.count_mixing(docs)
+        batch = torch.from_numpy(windows.astype(np.int64))
+        x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
         if self.pin:
             x, y = x.pin_memory(), y.pin_memory()
         return x, y
+
+    def count_mixing(self, docs):
+        self.batches += 1
+        if self.last_docs is not None:
+            self.mix["repeats"] += int((docs == self.last_docs).sum())
+            self.mix["rows"] += len(docs)
+        self.last_docs = docs
+        self.block_docs.update(docs.tolist())
+        if self.batches % 50 == 0:
+            self.mix["blocks"] += 1
+            self.mix["distinct"] += len(self.block_docs)
+            self.block_docs = set()
+
+    def mixing(self):
+        """How far the order is from i.i.d., measured on the batches so far: the share of batch rows whose
+        document (that of the row's first token) is the one the same row had at the step before, and the
+        distinct documents per 50 consecutive steps (None before the first 50)."""
+        m = self.mix
+        return {"doc_repeat": m["repeats"] / m["rows"] if m["rows"] else None,
+                "docs_per_50_steps": m["distinct"] / m["blocks"] if m["blocks"] else None,
+                "steps": self.batches}
+
+    def expected_mixing(self):
+        """The same two measures expected of the buffer as it is now (filled first if empty), for draws with
+        replacement: a row repeats the step before's document with probability sum(p_d^2), p_d the share
+        of the buffer's windows from document d, and 50 steps see sum(1 - (1 - p_d)^(50 batch_size))
+        documents. None for per-row streams: there only the measured values say it."""
+        if not self.shuffle_tokens:
+            return None
+        self.fill()
+        p = np.unique(self.buffer_docs[:self.count], return_counts=True)[1] / self.count
+        return {"doc_repeat": float((p ** 2).sum()),
+                "docs_per_50_steps": float((1 - (1 - p) ** (50 * self.batch_size)).sum()),
+                "buffer_windows": self.count, "buffer_docs": len(p)}
 
     def close(self):
         if self.loader is not None:
             self.loader.close()
             self.loader = None
+
+
+def order_line(stream):
+    """The start-up line that says how the batches sample the corpus (expected_mixing, or per-row streams)."""
+    if not stream.shuffle_tokens:
+        return ("order: each batch row a stream of its own documents (shuffle_tokens=0: consecutive steps "
+                "mostly share their documents); the mixing is measured as the run goes")
+    e = stream.expected_mixing()
+    return (f"order: windows drawn at random from a buffer of {stream.shuffle_tokens:,} tokens (now "
+            f"{e['buffer_windows']:,} windows from {e['buffer_docs']:,} documents): a row's document repeats "
+            f"from the step before with probability {e['doc_repeat']:.3f}, ~{e['docs_per_50_steps']:,.0f} "
+            f"distinct documents per 50 steps (expected)")
+
+
+def mixing_line(m):
+    repeat = "n/a" if m["doc_repeat"] is None else f"{m['doc_repeat']:.3f}"
+    per_50 = "n/a (under 50 steps)" if m["docs_per_50_steps"] is None else f"{m['docs_per_50_steps']:,.1f}"
+    return (f"mixing over {m['steps']} steps: a row's document repeated from the step before in a share "
+            f"{repeat} of rows; {per_50} distinct documents per 50 steps")
 
 
 # -----------------------------------------------------------------------------
@@ -2183,10 +2365,11 @@ def format_seconds(s):
 
 
 @torch.no_grad()
-def evaluate(model, windows, batch_size, device, ctx, byte_lengths):
-    """(mean NLL in nats/token, bits per byte, standard error of the mean NLL over windows) of the
-    validation windows (n, T+1). The standard error is the evaluation's own noise: how much the number
-    would move with another sample of windows of the same text."""
+def evaluate(model, windows, batch_size, device, ctx, byte_lengths, doc_of=None):
+    """(mean NLL in nats/token, bits per byte, standard error of the mean NLL) of the validation windows
+    (n, T+1). The standard error is the evaluation's own noise, how much the number would move with
+    another sample of text like it: by document (doc_of: the document of each window; windows of one
+    document share its noise), or, without doc_of, over windows as if each were independent."""
     model.eval()
     per_window, total_bytes = [], 0
     for i in range(0, len(windows), batch_size):
@@ -2196,10 +2379,22 @@ def evaluate(model, windows, batch_size, device, ctx, byte_lengths):
             per_window.append(model(x, y, reduction="none").float().mean(dim=1).double().cpu())  # (b,)
         total_bytes += int(byte_lengths[w[:, 1:].numpy()].sum())
     model.train()
-    nll = torch.cat(per_window)  # every window has T targets: the mean over windows is the mean over tokens
-    se = (nll.std() / math.sqrt(len(nll))).item() if len(nll) > 1 else math.nan
-    total_nll = nll.sum().item() * (windows.size(1) - 1)
-    return nll.mean().item(), total_nll / math.log(2) / max(1, total_bytes), se
+    nll = torch.cat(per_window).numpy()  # every window has T targets: the mean over windows is the mean over tokens
+    se = clustered_se(nll, np.arange(len(nll)) if doc_of is None else doc_of)
+    total_nll = nll.sum() * (windows.size(1) - 1)
+    return float(nll.mean()), float(total_nll / math.log(2) / max(1, total_bytes)), se
+
+
+def clustered_se(values, clusters):
+    """Standard error of the mean of values whose noise is shared within clusters: the cluster-robust (CR1)
+    sqrt(G/(G-1) * sum_g (sum_{i in g} (x_i - mean))^2) / n over G clusters. With every value its own
+    cluster it is exactly std(ddof=1)/sqrt(n). NaN with fewer than two clusters."""
+    values = np.asarray(values, np.float64)
+    groups, index = np.unique(clusters, return_inverse=True)
+    if len(groups) < 2:
+        return math.nan
+    sums = np.bincount(index, weights=values - values.mean())
+    return float(math.sqrt(len(groups) / (len(groups) - 1) * (sums ** 2).sum()) / len(values))
 
 
 # -----------------------------------------------------------------------------
