@@ -40,7 +40,8 @@ def variants(compile_rows):
     """(label, overrides) of the training rows; the first is the reference the others are compared with."""
     rows = [("fp32 eager (reference)", dict(dtype="float32", compile=False)),
             ("default", dict(dtype="auto", compile=False)),
-            ("default, all switches", dict(dtype="auto", compile=False, **ALL_SWITCHES))]
+            ("default, all switches", dict(dtype="auto", compile=False, **ALL_SWITCHES)),
+            ("default, per-row streams (shuffle_tokens=0)", dict(dtype="auto", compile=False, shuffle_tokens=0))]
     if compile_rows:
         rows += [("default + compile", dict(dtype="auto", compile=True)),
                  ("default + compile, all switches", dict(dtype="auto", compile=True, **ALL_SWITCHES))]
