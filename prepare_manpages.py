@@ -10,7 +10,7 @@ of a page already taken, and the Google Cloud SDK's generated gcloud/bq/gsutil p
 of one template). The pages are ordered by a hash of their file name: a fixed order that mixes the packages, so
 the last documents (the validation set) are not one package's pages. The corpus depends on what is installed:
 its line count, byte count and a digest are printed, to state beside any result.
-Used to check a conclusion of the demo corpus on text of another kind (README, "Train on your own JSONL").
+Used to check a conclusion of the demo corpus on text of another kind (docs/data.md, "Train on your own JSONL").
 Writes OUT.tmp beside OUT and renames it at the end (removed if the run fails); refuses to overwrite an
 existing OUT. A page that does not decompress is skipped and counted.
 """

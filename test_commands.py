@@ -5,6 +5,7 @@ command line, process or package matters. Run with: python -m pytest -q test_com
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -116,6 +117,38 @@ def test_the_readme_quick_start_shows_exactly_these_commands():
                         "python train.py config/baseline.py --use_rmsnorm=True",
                         "python sample.py --ckpt out/ckpt.pt",
                         "python plot.py out/*/log.txt"] == commands[:5], commands
+
+
+def heading_anchor(heading):
+    """GitHub's anchor of a markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return "".join(c for c in heading.strip().lower() if c.isalnum() or c in " -_").replace(" ", "-")
+
+
+def test_the_readme_links_its_docs_and_every_link_between_them_resolves():
+    """README.md stays short and links the rest: each docs/ page and results/README.md; a relative link in any
+    of them names a file that exists and, with #anchor, a heading of that file."""
+    readme = HERE / "README.md"
+    docs = sorted((HERE / "docs").glob("*.md"))
+    assert {"data.md", "switches.md", "outputs.md", "ablations.md", "results.md", "cluster.md", "speed.md",
+            "testing.md"} <= {p.name for p in docs}
+    text = readme.read_text()
+    for page in [*docs, HERE / "results" / "README.md"]:
+        assert f"]({page.relative_to(HERE)})" in text, f"README.md does not link {page.relative_to(HERE)}"
+    checked = 0
+    for page in [readme, *docs, HERE / "results" / "README.md"]:
+        prose = "\n".join(line for line in page.read_text().splitlines() if not line.startswith("    "))
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            assert file.exists(), f"{page.relative_to(HERE)}: link to {target}: no such file"
+            if anchor:
+                headings = [line.lstrip("#") for line in file.read_text().splitlines() if line.startswith("#")]
+                assert anchor in {heading_anchor(h) for h in headings}, \
+                    f"{page.relative_to(HERE)}: link to {target}: no such heading in {file.name}"
+            checked += 1
+    assert checked > 30, checked
 
 
 def test_the_default_out_dir_is_named_by_the_switches_that_are_on():
@@ -270,7 +303,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_one_from_another_host_is_no
 # -----------------------------------------------------------------------------
 # TensorBoard and W&B: the numbers of log.txt, one point per step across a resume
 
-# the scalars TensorBoard and W&B must hold (the README's list): tag -> (log.txt event, its key)
+# the scalars TensorBoard and W&B must hold (docs/outputs.md's list): tag -> (log.txt event, its key)
 TAGS = {"train/nll": ("train", "train_nll"), "train/lr": ("train", "lr"), "train/tokens_per_s": ("train", "tokens_per_s"),
         "train/mfu": ("train", "mfu"), "val/nll": ("eval", "val_nll"), "val/nll_se": ("eval", "val_nll_se"),
         "val/bpb": ("eval", "val_bpb")}
