@@ -58,6 +58,7 @@ design in the same DIR is refused (use a new --out).
 
 Studies: --tune KEY=v1,v2,.. (each arm at its own best value, chosen on a tuning set), --scale KEY=v1,..
 (several sizes), --tokens / --tokens-per-param (budgets per size), --jobs N (N runs at once),
+--tune-max-extend N (tune past an edge choice), --warmup-frac F (warmup per size),
 --experiments, --submit, --stage: these hand the whole command to ablate.py (python ablate.py -h).
 
 A finished run (results.json present) is skipped; an interrupted one (ckpt.pt present, no
@@ -84,7 +85,8 @@ is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 for a in "$@"; do
     case $a in
         --) break ;;
-        --tune|--tune=*|--tune-seeds|--tune-seeds=*|--scale|--scale=*|--tokens|--tokens=*|--tokens-per-param|\
+        --tune|--tune=*|--tune-seeds|--tune-seeds=*|--tune-max-extend|--tune-max-extend=*|--warmup-frac|\
+        --warmup-frac=*|--scale|--scale=*|--tokens|--tokens=*|--tokens-per-param|\
         --tokens-per-param=*|--jobs|--jobs=*|--stage|--stage=*|--submit|--experiments|--experiments=*)
             exec "$PY" "$SCRIPT_DIR/ablate.py" "$@" ;;
     esac

@@ -1851,9 +1851,10 @@ def load_study(root):
                     size.runs[exp][seed] = run
                 else:
                     size.problems.append(f"{path.relative_to(root)} (comparison run): {text}")
-            if key:
+            if key:  # the grid's values, and those ablate.py tried beyond it (choice.json's "tried")
+                tried = [str(t["value"]) for t in ((size.choice or {}).get(exp) or {}).get("tried") or []]
                 size.tune[exp] = {}
-                for v in values:
+                for v in values + [t for t in tried if t not in values]:
                     size.tune[exp][v] = {}
                     for seed, path in seed_folders(folder / "tune" / exp / f"{key}={v}").items():
                         run, state, text = run_state(path)
@@ -2155,12 +2156,14 @@ def grid_order(values):
 
 def tuning_rows(study):
     """[{size, experiment, chosen, edge, scores {value: mean NLL or None}, diverged [values]}] per size and
-    arm. The points are the tuning runs' own NLL (mean over finished tuning seeds); chosen and edge come from
-    choice.json (the edge is also checked here: the chosen value first or last in the grid); a value is
-    diverged when a tuning run of it diverged (its log, or choice.json's list)."""
-    rows, order = [], grid_order(study.values)
+    arm. The points are the tuning runs' own NLL (mean over finished tuning seeds) at every value tried (the
+    grid, and the values ablate.py added beyond it); chosen and edge come from choice.json (the edge is also
+    checked here: the chosen value first or last of the values tried); a value is diverged when a tuning run
+    of it diverged (its log, or choice.json's list)."""
+    rows = []
     for size in study.sizes:
         for exp, by_value in size.tune.items():
+            order = grid_order(list(by_value))
             choice = (size.choice or {}).get(exp) or {}
             scores, diverged = {}, []
             for v in order:
@@ -2172,6 +2175,7 @@ def tuning_rows(study):
             chosen = None if chosen is None else str(chosen)
             edge = bool(choice.get("edge")) or (chosen is not None and len(order) > 1 and chosen in (order[0], order[-1]))
             rows.append({"size": size.label, "experiment": exp, "chosen": chosen, "edge": edge,
+                         "edge_reason": choice.get("edge_reason"),
                          "scores": scores, "diverged": diverged,
                          "close": close_call(size, exp, chosen, scores, by_value)})
     return rows
@@ -2208,7 +2212,8 @@ def sensitivity_figure(study, rows):
     the chosen value starred, a diverged value an x at the top; log x when the values are positive and span
     10x or more."""
     plt = _pyplot()
-    order = grid_order(study.values)
+    tried = (v for size in study.sizes for by_value in size.tune.values() for v in by_value)  # every arm's values
+    order = grid_order(list(dict.fromkeys(tried)))
     nums = _numeric(order)
     xs = nums if nums else list(range(len(order)))
     log_x = bool(nums) and min(nums) > 0 and max(nums) >= 10 * min(nums)
@@ -2224,7 +2229,7 @@ def sensitivity_figure(study, rows):
             if row is None:
                 continue
             c = _colour(i, len(exps))
-            pts = [(x, row["scores"][v]) for x, v in zip(xs, order) if row["scores"][v] is not None]
+            pts = [(x, row["scores"][v]) for x, v in zip(xs, order) if row["scores"].get(v) is not None]
             for x, v in zip(xs, order):  # every finished tuning seed, faint
                 seeds = [y for y in size.tune[exp].get(v, {}).values() if y is not None]
                 ax.plot([x] * len(seeds), seeds, ".", color=c, alpha=0.35, ms=4)
@@ -2250,7 +2255,7 @@ def sensitivity_figure(study, rows):
             ax.text(0.5, 0.5, "no finished tuning run", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(study.key)
         ax.set_ylabel("tuning-set NLL (nats/token)")
-        title = f"size {size.label}" + (f"\nchosen on the grid's edge: {', '.join(edges)}" if edges else "")
+        title = f"size {size.label}" + (f"\nchosen on the edge of the values tried: {', '.join(edges)}" if edges else "")
         ax.set_title(title, fontsize=9, color="#c00000" if edges else "black")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
@@ -2427,8 +2432,9 @@ def study_blocks(study, rows, mult, pngs):
         for r in rows:
             if r["edge"]:
                 blocks.append(("warn", f"WARNING: size {r['size']}, {r['experiment']}: the chosen {study.key} = "
-                                       f"{r['chosen']} is on the edge of the grid; the best value may lie outside "
-                                       f"it (widen the grid)."))
+                                       f"{r['chosen']} is on the edge of the values tried; the best value may "
+                                       f"lie outside them ("
+                                       + (f"{r['edge_reason']})." if r.get("edge_reason") else "widen the grid).")))
         for r in rows:
             if r["close"]:
                 margin, noise, runner, how = r["close"]

@@ -398,7 +398,9 @@ def test_diverged_tuning_run_is_found_from_its_log(tmp_path):
 
 def test_linear_axis_when_the_values_span_less_than_10x(tmp_path):
     study = plot.load_study(tuned_study(tmp_path))
-    study.values = ["2", "3", "4"]
+    for size in study.sizes:  # the values tried, renamed 2, 3, 4
+        for exp, by_value in size.tune.items():
+            size.tune[exp] = dict(zip(["2", "3", "4"], (by_value[v] for v in plot.grid_order(list(by_value)))))
     fig = plot.sensitivity_figure(study, plot.tuning_rows(study))
     assert fig.axes[0].get_xscale() == "linear"
     plot._pyplot().close(fig)
@@ -407,12 +409,12 @@ def test_linear_axis_when_the_values_span_less_than_10x(tmp_path):
 def test_report_names_diverged_tuning_runs_and_the_edge(tmp_path):
     md = report_md(tuned_study(tmp_path, chosen=("3e-3", "1e-3")))
     assert "rope at learning_rate = 1e-2 (size n_embd=32)" in md and "Diverged tuning runs" in md
-    edge = [line for line in md.splitlines() if "edge of the grid" in line]
+    edge = [line for line in md.splitlines() if "edge of the values tried" in line]
     assert len(edge) == 2 and all("size n_embd=64" in line for line in edge)   # both arms chose 1e-3 there
     assert "1e-3 (3.4821) EDGE" in md                                           # tuning table: chosen and NLL
     # no edge, nothing diverged: no warning
     md2 = report_md(tuned_study(tmp_path / "b", diverge=("none", "none")))
-    assert "edge of the grid" not in md2 and "Diverged tuning runs" not in md2
+    assert "edge of the values tried" not in md2 and "Diverged tuning runs" not in md2
 
 
 def test_a_choice_within_the_tuning_noise_is_flagged(tmp_path):
@@ -589,7 +591,9 @@ def test_reads_the_layout_ablate_py_writes(tmp_path, monkeypatch, capsys):
     study = plot.load_study(out)
     assert [s.name for s in study.sizes] == ["n_embd=32"] and study.key == "learning_rate"
     rows = {r["experiment"]: r for r in plot.tuning_rows(study)}
-    assert (rows["baseline"]["chosen"], rows["baseline"]["edge"]) == ("3e-3", True)
+    # the baseline's best, 3e-3, was the grid's lowest: ablate.py tried 1e-3 beyond it, which brackets it
+    assert (rows["baseline"]["chosen"], rows["baseline"]["edge"]) == ("3e-3", False)
+    assert rows["baseline"]["scores"]["1e-3"] > rows["baseline"]["scores"]["3e-3"] and "1e-3" not in rows["rope"]["scores"]
     assert (rows["rope"]["chosen"], rows["rope"]["edge"], rows["rope"]["diverged"]) == ("1e-2", False, ["3e-2"])
     assert rows["rope"]["scores"]["3e-3"] == pytest.approx(3 + math.log10(0.3) ** 2 - 0.1)   # the fake's law
     assert all(sorted(s.runs[e]) == [1, 2] for s in study.sizes for e in ("baseline", "rope"))
