@@ -394,9 +394,9 @@ def ablation(request, cluster, corpus):
     return a
 
 
-# --------------------------------------------------------------------------- the study's two arrays
-# A tuning stage and a comparison stage (ablate.py --submit, through ablate.sh): the comparison array
-# must wait for the tuning array (--dependency=afterok). Submitted at the first test too, low priority.
+# --------------------------------------------------------------------------- the study's arrays
+# A tuning stage, one round beyond the grid and a comparison stage (ablate.py --submit, through ablate.sh):
+# each array must wait for the one before (--dependency=afterok). Submitted at the first test too, low priority.
 STUDY_TEST = "test_study_stages_as_dependent_job_arrays"
 
 
@@ -405,8 +405,9 @@ def study_arrays(request, cluster, corpus):
     if not any(item.name == STUDY_TEST for item in request.session.items):
         return None
     out = cluster.base / "runs" / "study"
-    args = ["--switches", "rope", "--tune", "learning_rate=1e-3,1e-2", "--seeds", "1", "--out", str(out),
-            f"--data_path={corpus}", *TINY, "--max_iters=6", "--eval_interval=3", "--tune_docs=20"]
+    args = ["--switches", "rope", "--tune", "learning_rate=1e-3,1e-2", "--tune-seeds", "1", "--tune-max-extend", "1",
+            "--seeds", "1", "--out", str(out), f"--data_path={corpus}", *TINY, "--max_iters=6", "--eval_interval=3",
+            "--tune_docs=20"]
     # `sbatch` on PATH for --submit: the real one with this node's resource lines (as sbatch() above)
     bindir = cluster.base / "bin"
     bindir.mkdir(exist_ok=True)
@@ -420,10 +421,10 @@ def study_arrays(request, cluster, corpus):
     r = subprocess.run(["bash", "ablate.sh", *args, "--submit"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     ids = r.stdout.split()
-    if r.returncode != 0 or len(ids) != 2:
+    if r.returncode != 0 or len(ids) != 3:
         s["error"] = f"ablate.sh --submit exited {r.returncode}: {r.stdout[-2000:]}{r.stderr[-2000:]}"
         return s
-    s["ids"], s["dependency"] = ids, cluster.job(ids[1]).get("Dependency", "")
+    s["ids"], s["dependency"] = ids, [cluster.job(i).get("Dependency", "") for i in ids[1:]]
     return s
 
 
@@ -569,30 +570,38 @@ def test_ablation_job_array_then_report(cluster, ablation):
 
 @slurm_test
 def test_study_stages_as_dependent_job_arrays(cluster, study_arrays):
-    """`ablate.sh --tune ... --submit`: the tuning array (2 arms x 2 values) and the comparison array
-    (2 arms), the second submitted with afterok on the first and started only after every tuning task
+    """`ablate.sh --tune ... --tune-max-extend 1 --submit`: the tuning array (2 arms x 2 values), one round
+    beyond the grid (2 arms: each runs its next value if its best was on the edge, else exits at once) and
+    the comparison array (2 arms), each submitted with afterok on the one before and started only after it
     ended; each comparison run used its arm's choice; the same command afterwards retrains nothing."""
     s = study_arrays
     assert s["error"] is None, s["error"]
-    tune_id, compare_id = s["ids"]
-    assert f"afterok:{tune_id}" in s["dependency"], s["dependency"]
-    tune, compare = wait_final(cluster, tune_id, timeout=400), wait_final(cluster, compare_id, timeout=400)
-    assert (len(tune), len(compare)) == (4, 2)
-    bad = [(r.get("JobId"), r.get("ArrayTaskId"), r["JobState"], r["ExitCode"]) for r in tune + compare
-           if (r["JobState"], r["ExitCode"]) != ("COMPLETED", "0:0")]
-    assert not bad, (bad, "\n".join(output(cluster, r)[-2000:] for r in tune + compare))
-    assert min(r["StartTime"] for r in compare) >= max(r["EndTime"] for r in tune)  # ISO times, 1 s resolution
+    tune_id, round_id, compare_id = s["ids"]
+    assert f"afterok:{tune_id}" in s["dependency"][0] and f"afterok:{round_id}" in s["dependency"][1], s["dependency"]
+    tune, extra, compare = (wait_final(cluster, i, timeout=400) for i in s["ids"])
+    assert (len(tune), len(extra), len(compare)) == (4, 2, 2)
+    bad = [(r.get("JobId"), r.get("ArrayTaskId"), r["JobState"], r["ExitCode"]) for r in tune + extra + compare
+           if (r["JobState"], r["ExitCode"]) != ("COMPLETED", "0:0")]  # (a diverged tuning run exits 0: a result)
+    assert not bad, (bad, "\n".join(output(cluster, r)[-2000:] for r in tune + extra + compare))
+    assert min(r["StartTime"] for r in extra) >= max(r["EndTime"] for r in tune)  # ISO times, 1 s resolution
+    assert min(r["StartTime"] for r in compare) >= max(r["EndTime"] for r in extra)
     out = s["out"]
     choice = json.loads((out / "choice.json").read_text())["by_experiment"]
     for exp in ("baseline", "rope"):
         for value in ("1e-3", "1e-2"):
             res = json.loads((out / "tune" / exp / f"learning_rate={value}" / "seed1001" / "results.json").read_text())
             assert (res["eval_set"], res["config"]["learning_rate"], res["steps"]) == ("tune", float(value), 6)
+        tried = [t["value"] for t in choice[exp]["tried"]]
+        assert tried[:2] == ["1e-3", "1e-2"] and len(tried) <= 3  # at most one value beyond the grid
+        for value in tried[2:]:  # the round's run: a result, or a diverged one (also a result)
+            folder = out / "tune" / exp / f"learning_rate={value}" / "seed1001"
+            assert (folder / "results.json").is_file() or (folder / "diverged.json").is_file(), folder
         res = json.loads((out / exp / "seed1" / "results.json").read_text())
         assert res["eval_set"] == "val" and res["config"]["learning_rate"] == float(choice[exp]["chosen"])
+    n = sum(len(choice[exp]["tried"]) for exp in ("baseline", "rope")) + 2
     r = subprocess.run(["bash", "ablate.sh", *s["args"], "--no-report"], cwd=ROOT, env=s["env"],
                        capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0 and "6 of 6 runs already finished" in r.stderr, r.stderr[-3000:]
+    assert r.returncode == 0 and f"{n} of {n} runs already finished" in r.stderr, r.stderr[-3000:]
 
 
 # --------------------------------------------------------------------------- bash 4.2
