@@ -112,11 +112,22 @@ def test_the_readme_quick_start_shows_exactly_these_commands():
     readme = (HERE / "README.md").read_text()
     block = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     commands = [line.split("#")[0].strip() for line in block.splitlines() if line.startswith("    ")]
-    assert ["pip install -r requirements.txt && python train.py config/baseline.py",
+    assert ["pip install torch==2.13.0 -r requirements.txt && python train.py config/baseline.py",
                         "pip install -r requirements-dev.txt && python -m pytest -q",
                         "python train.py config/baseline.py --use_rmsnorm=True",
                         "python sample.py --ckpt out/ckpt.pt",
                         "python plot.py out/*/log.txt"] == commands[:5], commands
+
+
+def test_ci_installs_with_the_readme_quick_start_lines():
+    """The versions a user installs are the ones CI tests: .ci/run runs the quick start's pip commands."""
+    readme = (HERE / "README.md").read_text()
+    block = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    installs = [line.split("&&")[0].strip() for line in block.splitlines() if line.startswith("    pip install")]
+    ci = (HERE / ".ci" / "run").read_text().splitlines()
+    assert len(installs) == 2 and "torch==" in installs[0], installs
+    for pip in installs:
+        assert f"python -m pip install --quiet {pip.removeprefix('pip install ')}" in ci, pip
 
 
 def heading_anchor(heading):
