@@ -320,8 +320,14 @@ class Run:
 
     @property
     def val_nll_se(self):
-        """Standard error of the final val NLL over validation windows (None when not saved)."""
+        """Standard error of the final val NLL (None when not saved): by document (val_nll_se_by)."""
         return self._result("val_nll_se")
+
+    @property
+    def val_nll_se_by(self):
+        """'document': train.py clustered the windows by document (its eval rows count the documents);
+        'window': an older run's standard error, over windows as if they were independent."""
+        return "document" if any("documents" in r for r in self.evals) else "window"
 
     @property
     def steps(self):
@@ -623,7 +629,9 @@ def family_stats(samples, alpha=ALPHA, target=TARGET):
     Holm-Bonferroni verdict at family-wise level alpha. Returns {name: dict} with
     n, mean, sd, se, df, t, p, ci (95% per comparison, t with df = n-1), p_holm, significant (True/False,
     or None with `reason` when no test is possible: one seed, or no spread), k (tests in the family),
-    within_target (the whole 95% CI inside +-target: an effect larger than target is ruled out), and
+    ci_family (the interval at the family's level, 1 - alpha/k: Bonferroni, so all k hold together with
+    probability >= 1 - alpha, the error rate the Holm verdicts control), within_target (the whole ci_family
+    inside +-target: an effect larger than target is ruled out at the verdicts' level), and
     the power entries (None here; add_power fills them in).
     """
     out = {}
@@ -632,7 +640,8 @@ def family_stats(samples, alpha=ALPHA, target=TARGET):
         n = len(v)
         mean, sd = mean_std(v)
         st = {"n": n, "mean": mean, "sd": sd, "se": None, "df": n - 1, "t": None, "p": None, "ci": None,
-              "p_holm": None, "significant": None, "reason": None, "k": 0, "within_target": None, "sd_ci": None,
+              "p_holm": None, "significant": None, "reason": None, "k": 0, "ci_family": None, "within_target": None,
+              "sd_ci": None,
               "mde": None, "mde_range": None, "seeds_for_target": None, "seeds_range": None}
         if n == 0:
             st["reason"] = "no paired seed"
@@ -651,13 +660,15 @@ def family_stats(samples, alpha=ALPHA, target=TARGET):
     df = np.array([out[x]["df"] for x in tested], dtype=float)
     t = np.array([out[x]["t"] for x in tested])
     p = np.minimum(1.0, 2 * t_sf(np.abs(t), df))
-    half = t_quantile(0.975, df) * np.array([out[x]["se"] for x in tested])
+    se = np.array([out[x]["se"] for x in tested])
+    half, half_family = t_quantile(0.975, df) * se, t_quantile(1 - alpha / (2 * k), df) * se
     adjusted, rejected = holm([float(x) for x in p], alpha)
     for i, name in enumerate(tested):
         st = out[name]
         ci = (st["mean"] - float(half[i]), st["mean"] + float(half[i]))
-        st.update(p=float(p[i]), p_holm=adjusted[i], significant=rejected[i], k=k, ci=ci,
-                  within_target=-target < ci[0] and ci[1] < target)
+        fam = (st["mean"] - float(half_family[i]), st["mean"] + float(half_family[i]))
+        st.update(p=float(p[i]), p_holm=adjusted[i], significant=rejected[i], k=k, ci=ci, ci_family=fam,
+                  within_target=-target < fam[0] and fam[1] < target)
     return out
 
 
@@ -1042,7 +1053,7 @@ def _fmt_int_range(lo, hi):
 def power_line(a):
     """Whether "not detected" means "no effect" or "too few seeds": power says only how large an effect
     these seeds would catch (with ranges, as the sd of a few seeds is itself uncertain); a claim of no effect
-    larger than TARGET comes from the interval alone (the whole 95% CI inside +-TARGET)."""
+    larger than TARGET comes from the interval alone (the whole family-level interval inside +-TARGET)."""
     fam = a.family
     nd = [x for x, st in fam.items() if st["significant"] is False]
     small = [x for x in nd if fam[x]["within_target"]]
@@ -1050,8 +1061,9 @@ def power_line(a):
     untested = [x for x, st in fam.items() if st["significant"] is None]
     parts = []
     if small:
-        parts.append(f"No effect larger than {TARGET} nats ({_text_names(a, small)}): the whole 95% CI (per "
-                     f"comparison) lies inside ±{TARGET} nats; this comes from the interval, not from power.")
+        parts.append(f"No effect larger than {TARGET} nats ({_text_names(a, small)}): the whole interval at the "
+                     f"verdicts' family-wise level (Bonferroni, 1 - 0.05/k) lies inside ±{TARGET} nats; this comes "
+                     f"from the interval, not from power.")
     power_of = unresolved or [x for x, st in fam.items() if st["significant"]]
     if power_of:
         sts = [fam[x] for x in power_of]
@@ -1125,8 +1137,12 @@ def timing_line(a):
 def method_line(a):
     kind = a.design["design"]
     ref = a.design.get("reference", "baseline")
-    noise = ("NLL noise: ± = std over seeds; eval se = standard error of the final val NLL over validation "
-             "windows (mean over seeds).")
+    kinds = {r.val_nll_se_by for runs in a.groups.values() for r in runs if r.val_nll_se is not None}
+    by = {"document": "by document (the windows of one document share its noise: cluster-robust)",
+          "window": "over validation windows as if independent (runs older than the by-document estimate; it "
+                    "understates the noise of which documents were chosen)"}
+    noise = ("NLL noise: ± = std over seeds; eval se = standard error of the final val NLL, "
+             + "; in some runs ".join(by[k] for k in sorted(kinds)) + " (mean over seeds).")
     test = ("95% CI from Student t (df = n-1, per comparison, not corrected); p = two-sided t-test; verdict = "
             "Holm-adjusted p <= 0.05 over the k tests; MDE = the |Δ| the t-test at level 0.05/k detects with 80% "
             "power (exact: noncentral t) at the observed sd of the per-seed values, and seeds for "

@@ -278,7 +278,18 @@ def test_power_never_claims_a_null_and_the_ci_does():
     assert edge["significant"] is False and edge["mde"] <= 0.02 and edge["ci"][0] > 0 and edge["ci"][1] > 0.02
     text = plot.power_line(a)
     assert "probably" not in text and "real null" not in text
-    assert "No effect larger than 0.02 nats (tiny): the whole 95% CI (per comparison) lies inside ±0.02" in text
+    assert "No effect larger than 0.02 nats (tiny): the whole interval at the verdicts' family-wise level" in text
+    tiny = a.family["tiny"]  # the family level (Bonferroni over 3 tests) is wider than the per-comparison CI
+    assert tiny["ci_family"][0] < tiny["ci"][0] and tiny["ci"][1] < tiny["ci_family"][1] < 0.02
+
+    # inside +-0.02 per comparison but not at the family's level (the shipped warmup: [-0.017, +0.014] per
+    # comparison, [-0.032, +0.028] at 0.05/6): no claim of "no effect larger than 0.02"
+    warmup = [0.008, -0.013, 0.004, -0.007]
+    b = analysis_of({"warmup": warmup, **{f"x{i}": [-0.2, -0.21, -0.19, -0.2] for i in range(5)}})
+    w = b.family["warmup"]
+    assert -0.02 < w["ci"][0] and w["ci"][1] < 0.02 and w["within_target"] is False
+    assert w["ci_family"] == pytest.approx((-0.0318, 0.0283), abs=5e-4)
+    assert "No effect larger" not in plot.power_line(b)
     assert "Not detected (edge) does not mean no effect" in text
     assert plot.effect_word("edge", edge, a) == "not detected after Holm (CI alone excludes 0)"
     assert plot.effect_word("tiny", a.family["tiny"], a) == "not detected"
