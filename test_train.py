@@ -444,11 +444,11 @@ def test_shuffled_order_draws_every_window_of_the_stream_once_and_out_of_order(c
     # the stream's first windows (nothing dropped or repeated), drawn in another order
     ds, n_train, stream, batches = stream_batches(corpus, 60, shuffle_tokens=16 * 50)
     tokens = np.concatenate([ds[int(i)][0] for e in range(3) for i in np.random.default_rng([3, e]).permutation(n_train)])
-    n_cut = 60 * 3 + stream.count
+    n_cut = 60 * 3 + stream.buffer.count
     stream_windows = [tuple(tokens[i * 16:i * 16 + 17].tolist()) for i in range(n_cut)]
     drawn = window_rows(batches)
-    assert sorted(drawn + [tuple(w.tolist()) for w in stream.buffer[:stream.count]]) == sorted(stream_windows)
-    assert stream.count == 50 - 3  # shuffle_tokens / block_size windows, less the last batch drawn
+    assert sorted(drawn + [tuple(w.tolist()) for w in stream.buffer.windows[:stream.buffer.count]]) == sorted(stream_windows)
+    assert stream.buffer.count == 50 - 3  # shuffle_tokens / block_size windows, less the last batch drawn
     assert sum(a == b for a, b in zip(drawn, stream_windows)) < 10, "windows come out in the stream's order"
 
 
@@ -477,12 +477,12 @@ def test_a_large_buffer_fills_gradually_and_never_past_one_epoch(corpus, monkeyp
     counts = []
     for _ in range(30):
         stream.next_batch()
-        counts.append(stream.count + 2)  # the buffer before this batch's draw
+        counts.append(stream.buffer.count + 2)  # the buffer before this batch's draw
     assert counts[0] == 20 and all(b - a <= 4 * 2 for a, b in zip(counts, counts[1:])) and counts[-1] > 100
     # on and on: the buffer stops growing at one epoch of documents (no document twice in it)
     for _ in range(300):
         stream.next_batch()
-    docs = stream.buffer_docs[:stream.count]
+    docs = stream.buffer.docs[:stream.buffer.count]
     assert docs.max() - docs.min() < n_train and len(np.unique(docs % n_train)) == len(np.unique(docs))
     stream.close()
 

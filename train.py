@@ -6,9 +6,13 @@ gpt-ablate: train a minGPT-style GPT-2 on JSONL text and ablate five changes to 
     python train.py --help                                # every key, its default and meaning
 
 Reads top to bottom: the configuration, the GPT (one visible `if` per switch), the learning-rate
-schedule, the training loop, main(); then the plumbing, which changes nothing that is trained: a run's
-set-up, time budgets, config files and the command line, the tokenizer, the JSONL data (training,
-tuning and validation split), the demo corpus, the fused loss, devices/checkpoints/logs, speed and DDP.
+schedule, then train(), where one function shows what a run does step by step (batch, forward/backward,
+clip, optimizer step, log, evaluate, checkpoint, stop, the final evaluation and results), and main().
+Below the "Plumbing" line, what changes nothing that is trained, as plain functions and small classes:
+the run's set-up and counters, its out_dir and lock, resume and refusals, checkpoints, the log and
+trackers, signals, time budgets, config files and the command line, the tokenizer, the JSONL data
+(training, tuning and validation split, the training order), the demo corpus, the fused loss, devices,
+speed and DDP.
 Importing this file has no side effects; sample.py, plot.py, ablate.py and the tests import from it.
 Training is all it does: studies (designs, stages, sizes, budgets) are ablate.sh/ablate.py's, results
 (statistics, figures, reports) plot.py's.
@@ -36,7 +40,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -399,513 +403,136 @@ def get_lr(step, cfg, horizon):
 # -----------------------------------------------------------------------------
 # The training loop
 
-def train(cfg, stop=None, ddp=None):
-    """Run (or resume) one training run; returns the results dict also written to results.json.
-    ddp: this process's Distributed (default: from the environment; one process without torchrun)."""
-    run = Run(cfg, stop or StopFlag(), ddp or Distributed())  # set-up: data, model, optimizer, resume
-    if run.finished:  # --resume=auto found this run's results.json: nothing to do
-        return run.finished
-    try:
-        reason = run.stop_reason()  # the one stop condition: max_iters, the time budget or a signal
-        while reason is None:
-            lr = get_lr(run.step, cfg, run.horizon)
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr
-            x, y = run.next_batch()  # (B, T) token ids and their next tokens
-            loss = train_step(run, run.optimizer, run.scaler, x, y)
-            run.step += 1
-            run.tokens += x.numel() * run.ddp.world  # every process trained on as many
-            reason = run.stop_reason()
-            run.after_step(loss, lr, reason)  # log, evaluate, checkpoint; on a signal: save and exit 75
-        return run.finish(reason)  # final evaluation on the whole validation set, checkpoint, results.json
-    except BaseException:  # an error, a NaN, a stop signal: let go of the data workers, the log, the handlers
-        run.close()
-        raise
-    finally:
-        run.unlock()  # the out_dir is free for the next run
-
-
-def train_step(run, optimizer, scaler, x, y):
-    """One optimizer step on the batch; returns its mean NLL (a tensor: no host-device sync here)."""
-    with run.autocast:
-        loss = run.train_model(x, y)
+def train_step(setup, optimizer, scaler, x, y):
+    """One optimizer step on the batch x -> y: forward, backward, clip, update. Returns the mean NLL (a
+    tensor: no host-device sync here). setup: the run's set-up (build); the max_time probe times this same step."""
+    with setup.autocast:
+        loss = setup.train_model(x, y)
     scaler.scale(loss).backward()  # (float16 only: a loss scale against underflow; else a no-op)
-    if run.cfg.grad_clip > 0:
+    if setup.cfg.grad_clip > 0:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(setup.model.parameters(), setup.cfg.grad_clip)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss
 
 
-class StopFlag:
-    """SIGTERM, SIGUSR1 (SLURM's warning before the time limit) and a first Ctrl-C ask the loop to save
-    a checkpoint at the next step boundary and exit with EXIT_PREEMPTED; a second Ctrl-C exits at once."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-
-    def __init__(self):
-        self.signal = None
-
-    def install(self):
-        if not getattr(self, "previous", None):  # (already installed: keep the first handlers to restore)
-            self.previous = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
-
-    def uninstall(self):
-        for sig, handler in getattr(self, "previous", {}).items():
-            signal.signal(sig, handler)
-        self.previous = None
-
-    def handle(self, signum, frame):
-        if signum == signal.SIGINT and self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-        again = " (Ctrl-C again exits at once, without saving)" if signum == signal.SIGINT else ""
-        try:  # os.write, not print: print may fail as a reentrant call if the loop was printing
-            os.write(2, f"\n{self.signal}: saving a checkpoint at the end of this step, then exiting{again}\n"
-                     .encode())
-        except OSError:
-            pass
-
-    def requested(self, step):
-        """The signal's name if the run should stop after `step`, else None."""
-        return self.signal
+def stop_reason(cfg, run, stop, ddp):
+    """Why the run stops after run.step steps: 'max_iters', 'max_time', a signal's name, or None to go on.
+    Rank 0's clock decides for all, and a signal to any process stops all: every process takes the same steps."""
+    why = None
+    if ddp.is_main:
+        if run.step >= cfg.max_iters:
+            why = "max_iters"
+        elif run.max_time is not None and (run.step >= run.horizon or run.elapsed() >= run.max_time):
+            why = "max_time"
+    return ddp.first(stop.requested(run.step) or why)
 
 
-# Keys that make two runs the same run (besides MODEL_KEYS): --resume=auto continues only such a run.
-RUN_KEYS = ("data_path", "seed", "data_seed", "batch_size", "val_docs", "tune_docs", "eval_set", "min_chars",
-            "shuffle_tokens")
+def train(cfg, stop=None, ddp=None):
+    """Run (or resume) one training run; returns the results dict also written to results.json.
+    stop: the StopFlag that SIGTERM, SIGUSR1 and Ctrl-C set; ddp: this process's Distributed (default: from
+    the environment; one process without torchrun). Rank 0 alone writes files."""
+    cfg = dataclasses.replace(cfg, out_dir=out_dir_of(cfg))  # (a Config made in code may hold {switches})
+    stop, ddp = stop or StopFlag(), ddp or Distributed()
+    lock = claim_out_dir(cfg, stop, ddp)  # signals are caught from here on; one process at a time in out_dir
+    try:
+        with ExitStack() as opened:  # closed at the end or on any error: signal handlers, data workers, log
+            opened.callback(stop.uninstall)
 
+            # --- set-up: continue this run or start it; data, model, optimizer, data stream, log ---
+            ckpt, finished = checkpoint_to_resume(cfg)  # follows --resume; never erases another run
+            if finished:  # this run's results.json is there already: nothing to do
+                return finished
+            setup = build(cfg, ddp)  # device, dtype, data, model, optimizer (DDP and torch.compile around it)
+            run = RunState(cfg, ckpt, setup.device)  # steps, tokens, planned length, clock: 0 or the checkpoint's
+            if ckpt is not None:
+                restore(setup, ckpt)  # weights, optimizer, loss scale, RNG
+            # the training batches, from where this process's share of the data order stands
+            data_state = ddp.rank_state(ckpt, setup.n_train, cfg.seed, ckpt["data"] if ckpt else None)
+            stream = TrainStream(setup.ds, setup.n_train, data_seed(cfg), cfg.batch_size, cfg.block_size,
+                                 cfg.num_workers, data_state, pin=setup.device_type == "cuda", rank=ddp.rank,
+                                 world_size=ddp.world, shuffle_tokens=cfg.shuffle_tokens)
+            opened.callback(stream.close)
+            print(order_line(stream))
+            log = opened.enter_context(RunLog(setup, run, ckpt))  # log.txt (TensorBoard, W&B): start or resume
+            run.t_start = time.time()  # this attempt's clock (elapsed() adds the attempts before it)
+            if ckpt is None and run.max_time is not None:
+                run.horizon = plan_horizon(setup, run, log)  # the steps that fit in max_time, before the first one
+            speed = Speed(setup)  # FLOPs per token and the device's peak, for tokens/s and MFU
+            if ckpt is None:
+                evaluate_and_log(setup.val_periodic, setup, run, log)  # the untrained model, at step 0
+            speed.start(run)
 
-def config_value(config, key):
-    """A key of a saved config (a dict); when the config is older than the key, the value runs had then."""
-    meta = CONFIG_FIELDS[key].metadata
-    return config.get(key, meta.get("before", CONFIG_FIELDS[key].default))
+            # --- the loop: one optimizer step per pass, until max_iters, the max_time plan or a signal ---
+            reason = stop_reason(cfg, run, stop, ddp)  # (a resumed run may be at its end already)
+            while reason is None:
+                lr = get_lr(run.step, cfg, run.horizon)
+                for group in setup.optimizer.param_groups:
+                    group["lr"] = lr
+                x, y = stream.next_batch()  # (B, T) token ids and their next tokens
+                x, y = x.to(setup.device, non_blocking=True), y.to(setup.device, non_blocking=True)
+                loss = train_step(setup, setup.optimizer, setup.scaler, x, y)  # forward, backward, clip, step
+                run.step += 1
+                run.tokens += x.numel() * ddp.world  # every process trained on as many
+                run.loss_sum += loss.detach()  # stays on the device until the next log line
+                run.loss_count += 1
+                reason = stop_reason(cfg, run, stop, ddp)
+                ending = reason in ("max_iters", "max_time")
+                if run.step % cfg.log_interval == 0 or ending:  # (on a signal the checkpoint keeps the unlogged steps)
+                    train_nll = (ddp.mean(run.loss_sum) / run.loss_count).item()  # the one host-device sync
+                    if not math.isfinite(train_nll):
+                        diverged(f"train loss is {train_nll} at step {run.step}", setup, run, log)  # exits 3
+                    run.last_good = (run.step, train_nll)
+                    rate, mfu = speed.window(run)  # tokens/s (training time only) since the last log line, MFU
+                    log("train", run.step, tokens=run.tokens, elapsed=round(run.elapsed(), 3), lr=lr,
+                        train_nll=train_nll, tokens_per_s=round(rate, 1), mfu=round(mfu, 4))
+                    print_progress(cfg, run, ddp.world, train_nll, lr, rate, mfu)  # "step 10/200 | train nll ..."
+                    run.loss_sum, run.loss_count = torch.zeros((), device=setup.device), 0
+                if run.step % cfg.eval_interval == 0 and not reason:  # (the final evaluation covers the end)
+                    evaluate_and_log(setup.val_periodic, setup, run, log)
+                if run.step % cfg.ckpt_interval == 0 and not reason:
+                    save_run_checkpoint(setup, run, stream, log)
 
+            if reason not in ("max_iters", "max_time"):  # a signal: save, and exit 75 to be requeued
+                save_run_checkpoint(setup, run, stream, log)
+                log("stopped", run.step, signal=reason)
+                print(f"stopped by {reason} at step {run.step}; checkpoint saved to {setup.out / 'ckpt.pt'}. "
+                      f"Run the same command with --resume=True (or auto) to continue.")
+                raise SystemExit(EXIT_PREEMPTED)
 
-# Keys that say how a run is run, watched or kept, not what it trains or measures: the only keys in which
-# a finished run may differ from this config and still be this run ("already finished; nothing to do").
-HOW_KEYS = ("out_dir", "resume", "overwrite", "device", "num_workers", "compile", "fused_loss", "ckpt_interval",
-            "keep_ckpts", "tensorboard", "wandb", "wandb_project", "wandb_run_name")
-
-
-def differing(config, cfg):
-    """The keys (other than HOW_KEYS) in which a saved config (a dict) differs from cfg."""
-    return [k for k in CONFIG_FIELDS if k not in HOW_KEYS and config_value(config, k) != getattr(cfg, k)]
-
-
-def run_files(out):
-    """The files of a run in out: what a fresh run there would replace."""
-    names = [out / "log.txt", out / "results.json", out / "ckpt.pt"]
-    return [f for f in names if f.is_file()] + sorted(out.glob("ckpt_*.pt")) + sorted(out.glob("events.out.tfevents.*"))
-
-
-class Run:
-    """The state of one training run around train()'s loop: set-up (out_dir, resume, data, model,
-    optimizer, the planned length), the data stream, the log, evaluations, checkpoints, the stop
-    condition and the results. Rank 0 alone writes files."""
-
-    def __init__(self, cfg, stop, ddp):
-        cfg = dataclasses.replace(cfg, out_dir=out_dir_of(cfg))  # (a Config made in code may hold {switches})
-        self.cfg, self.stop, self.ddp = cfg, stop, ddp
-        self.out = Path(cfg.out_dir)
-        self.ckpt_path, self.log_path = self.out / "ckpt.pt", self.out / "log.txt"
-        self.max_time = parse_duration(cfg.max_time)
-        self.finished, self.lock, self.trackers = None, None, []
-        check_writable(self.out)
-        self.stop.install()  # from the start: SLURM's warning can come while the data or the model load
-        try:
-            if ddp.is_main:  # one process at a time in an out_dir, for the whole run
-                self.lock = lock_out_dir(self.out)
-                require_trackers(cfg)  # a missing package is an error now, not after the data has loaded
-            self.set_up()
-        except BaseException:  # a user error in the set-up: leave the signals and the out_dir as they were
-            self.stop.uninstall()
-            self.unlock()
-            raise
-
-    # --- set-up ---------------------------------------------------------------------------------
-    def set_up(self):
-        """Resume or start: data, model, optimizer, data stream, log, planned length, first evaluation."""
-        ckpt = self.checkpoint_to_resume()
-        if self.finished:
-            self.stop.uninstall()
-            self.unlock()
-            return
-        cfg, ddp = self.cfg, self.ddp
-        b = build(cfg, ddp)  # device, precision, data, model, optimizer
-        self.__dict__.update(vars(b))
-        self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
-        self.times = {"eval": 0.0, "ckpt": 0.0, "probe": 0.0}  # seconds not spent training, all attempts
-        self.horizon = cfg.max_iters  # planned run length: the cosine decays over it
-        self.last_good, window, data_state = None, (0.0, 0), None
-        if ckpt is not None:
-            self.restore(ckpt)
-            window, data_state = ckpt["loss_window"], ckpt["data"]
-        self.loss_sum, self.loss_count = torch.tensor(float(window[0]), device=self.device), int(window[1])
-        data_state = ddp.rank_state(ckpt, self.n_train, cfg.seed, data_state)  # each process's own share
-        self.stream = TrainStream(self.ds, self.n_train, data_seed(cfg), cfg.batch_size, cfg.block_size,
-                                  cfg.num_workers, data_state, pin=self.device_type == "cuda",
-                                  rank=ddp.rank, world_size=ddp.world, shuffle_tokens=cfg.shuffle_tokens)
-        print(order_line(self.stream))
-        self.saved_step = ckpt["step"] if ckpt is not None else None  # step of this run's ckpt.pt
-        self.open_log(ckpt)
-        self.t_start = time.time()
-        if ckpt is None and self.max_time is not None:
-            self.plan_horizon()
-        self.flops_token, (self.peak, peak_from) = flops_per_token(self.model), peak_flops(self.device, self.dtype)
-        print(f"speed: {self.flops_token / 1e6:,.1f} MFLOP per token; peak {self.peak / 1e12:,.2f} TFLOP/s "
-              f"per device ({peak_from})")
-        if ckpt is None:
-            self.evaluate(self.val_periodic)
-        self.t_window, self.tokens_window, self.overhead_window = time.time(), self.tokens, self.overhead()
-
-    def checkpoint_to_resume(self):
-        """The checkpoint this run continues from, or None for a fresh start, following --resume and
-        never erasing another run: true: out_dir/ckpt.pt, which must exist; auto: out_dir's checkpoint if
-        it is of this same run (a foreign one is refused); false or auto with no checkpoint of this run:
-        a fresh start (start_afresh). If out_dir holds this run's results.json it is already finished
-        (self.finished): nothing to do (unless --resume=false --overwrite=True asks to train it again)."""
-        cfg, mode = self.cfg, str(self.cfg.resume).lower()  # (a Config made in code may hold True/False)
-        if mode == "true":
-            if not self.ckpt_path.is_file():
-                raise UserError(f"--resume=True but there is no checkpoint at {self.ckpt_path}")
-            return self.check_checkpoint(load_checkpoint(self.ckpt_path, "cpu"), mode)
-        results = read_results(self.out / "results.json")
-        if results and not differing(results["config"], cfg) and not (mode == "false" and cfg.overwrite):
-            print(f"{self.out}: this run already finished (val nll {results.get('val_nll')}); nothing to do")
-            self.finished = results
-            return None
-        if mode == "auto" and self.ckpt_path.is_file():
-            try:
-                ckpt = self.check_checkpoint(load_checkpoint(self.ckpt_path, "cpu"), mode)
-            except UserError:  # the checkpoint of another run: refused, or deleted below with --overwrite=True
-                if not cfg.overwrite:
-                    raise
-                ckpt = None
-            if ckpt is not None and not results:
-                return ckpt
-        self.start_afresh(results)
-        return None
-
-    def start_afresh(self, results):
-        """A fresh start needs an out_dir without a run in it. A run found there (log, results, checkpoints)
-        is refused, named, with the ways out; --overwrite=True deletes its files instead (and says so).
-        This same config's run stopped before its first checkpoint (a log alone) simply starts again."""
-        files = run_files(self.out)
-        if not files:
-            return
-        log = read_log(self.log_path) if self.log_path.is_file() else []
-        start = next((r for r in log if r.get("event") == "start" and isinstance(r.get("config"), dict)), None)
-        other = results["config"] if results else start["config"] if start else None
-        differ = differing(other, self.cfg) if other is not None else None
-        has_ckpt = self.ckpt_path.is_file()
-        if not results and not has_ckpt and differ == []:  # (e.g. killed, or diverged, before it)
-            print(f"{self.out}: this run stopped before its first checkpoint; starting it again")
-        elif self.cfg.overwrite:
-            print(f"--overwrite=True: deleting the run in {self.out} ({', '.join(sorted(f.name for f in files))})")
-        else:
-            raise UserError(self.refusal(files, log, results, has_ckpt, other, differ))
-        for f in files:
-            f.unlink(missing_ok=True)
-
-    def refusal(self, files, log, results, has_ckpt, other, differ):
-        """The one-line error for a fresh run into an out_dir that holds another run: what is there, how its
-        config differs (other: its config, differ: the differing keys), and the ways out."""
-        step = max((r.get("step", 0) for r in log), default=None)
-        if results:
-            what = f"a finished run (val nll {results.get('val_nll', math.nan):.4f})"
-        elif has_ckpt:
-            what = f"an unfinished run (checkpoint ckpt.pt, log up to step {step})"
-        elif log:
-            what = f"the log of a run stopped at step {step} before its first checkpoint"
-        else:
-            what = "a run's files (" + ", ".join(sorted(f.name for f in files)) + ")"
-        if differ:
-            shown = differ[:4]
-            what += (" that has " + ", ".join(f"{k}={config_value(other, k)!r}" for k in shown)
-                     + " but the config says " + ", ".join(f"{k}={getattr(self.cfg, k)!r}" for k in shown)
-                     + (f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""))
-        ways = ["another --out_dir"]
-        if has_ckpt and not differ:
-            ways.append("--resume=auto to continue it")
-        elif has_ckpt and not set(differ) & set(MODEL_KEYS):  # same model: it can go on with this config
-            ways.append("--resume=True to continue it with this config")
-        ways.append("--overwrite=True to delete it and start afresh")
-        return f"{self.out} already holds {what}; nothing was changed. Use " + ", ".join(ways[:-1]) + " or " + ways[-1]
-
-    def check_checkpoint(self, ckpt, mode):
-        """ckpt if this run can continue from it; refused if it holds no training state or another model
-        shape (and, with auto, another run's data or seeds); with true, changed data or seeds warn."""
-        cfg = self.cfg
-        missing = [k for k in ("optimizer", "step", "tokens", "elapsed", "horizon", "data", "loss_window", "rng")
-                   if k not in ckpt]
-        if missing:
-            raise UserError(f"checkpoint {self.ckpt_path} holds no training state to resume from "
-                            f"(missing: {', '.join(missing)})")
-        saved = ckpt["config"]
-        differ = [k for k in MODEL_KEYS if config_value(saved, k) != getattr(cfg, k)]
-        if differ:  # every model-shape key that disagrees, named
-            has = ", ".join(f"{k}={config_value(saved, k)!r}" for k in differ)
-            says = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in differ)
-            raise UserError(f"checkpoint {self.ckpt_path} has {has} but the config says {says}")
-        changed = [k for k in RUN_KEYS if config_value(saved, k) != getattr(cfg, k)]
-        if changed and mode == "auto":
-            raise UserError(f"{self.out} holds the checkpoint of another run ("
-                            + ", ".join(f"{k}={config_value(saved, k)!r}, not {getattr(cfg, k)!r}" for k in changed)
-                            + "): use another out_dir, or --resume=True to continue it anyway")
-        for key in changed:
-            print(f"warning: {key} changed since the checkpoint "
-                  f"({config_value(saved, key)!r} -> {getattr(cfg, key)!r}): the resumed run is not exact")
-        return ckpt
-
-    def restore(self, ckpt):
-        """Continue from a checkpoint: weights, optimizer, counters, schedule, RNG."""
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.step, self.tokens, self.elapsed_before = ckpt["step"], ckpt["tokens"], ckpt["elapsed"]
-        self.horizon, self.last_good = ckpt["horizon"], ckpt.get("last_good")
-        self.times.update(ckpt.get("times", {}))
-        if self.cfg.max_iters != ckpt["config"]["max_iters"] and self.max_time is None:
-            print(f"warning: max_iters changed to {self.cfg.max_iters}: the cosine horizon moves with it")
-            self.horizon = self.cfg.max_iters
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])  # float16's loss scale, so a resumed run is exact
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if self.device_type == "cuda" and ckpt["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-
-    def open_log(self, ckpt):
-        """log.txt, one JSON event per line (and TensorBoard / W&B when asked). On resume it is cut back to
-        the checkpoint's step (steps never repeat); a fresh run starts in an out_dir without a run's files
-        (start_afresh saw to that)."""
-        if not self.ddp.is_main:
-            self.log_path = Path(os.devnull)  # rank 0 alone writes the log
-        elif ckpt is not None and self.log_path.is_file():
-            kept = [r for r in read_log(self.log_path) if r.get("step", 0) <= self.step]
-            tmp = self.log_path.with_name("log.txt.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, self.log_path)
-        self.log_file = open(self.log_path, "a", buffering=1)
-        if self.ddp.is_main:
-            self.open_trackers(ckpt)
-        if ckpt is None:
-            self.log("start", config=dataclasses.asdict(self.cfg), params=self.params, horizon=self.horizon,
-                     device=self.device, dtype=self.dtype)
-        else:
-            self.log("resume", tokens=self.tokens, elapsed=round(self.elapsed_before, 3))
-
-    def open_trackers(self, ckpt):
-        """TensorBoard and W&B, when asked: the same numbers as log.txt's rows. A resumed run continues the
-        same curves: TensorBoard drops the events after the checkpoint's step (purge_step, as log.txt is cut
-        back), W&B continues the run whose id the checkpoint holds."""
-        resumed = ckpt is not None
-        if self.cfg.tensorboard:
-            self.trackers.append(TensorBoardLog(self.out, purge_step=self.step + 1 if resumed else None))
-        if self.cfg.wandb != "off":
-            self.trackers.append(WandbLog(self.cfg, self.out, ckpt.get("wandb_id") if resumed else None))
-
-    def plan_horizon(self):
-        """max_time: the number of steps that fit in the budget, known before the first step (a short
-        timed probe on random tokens), so the cosine decays over the run from the start."""
-        t0 = time.time()
-        step_s, eval_s = measure_step_time(self)
-        self.times["probe"] += time.time() - t0
-        left = self.max_time - self.elapsed()
-        steps = steps_within(left, step_s, eval_s, len(self.val[0]) / max(1, len(self.val_periodic[0])),
-                             self.cfg.eval_interval)
-        self.horizon = self.ddp.agree(min(self.cfg.max_iters, steps))  # rank 0's clock decides
-        if self.horizon == 0:
-            raise UserError(f"max_time {self.cfg.max_time} leaves no time for a training step ({step_s:.2f} s per "
-                            f"step, {eval_s:.2f} s per periodic evaluation, the final one {len(self.val[0])} windows): "
-                            "raise max_time or lower val_docs")
-        print(f"max_time {self.cfg.max_time}: {step_s:.3f} s per step, {eval_s:.2f} s per periodic evaluation "
-              f"-> planned run length {self.horizon} steps")
-        self.log("horizon", horizon=self.horizon, step_s=step_s, eval_s=eval_s)
-
-    # --- during the run -------------------------------------------------------------------------
-    def log(self, event, **row):
-        self.log_file.write(json.dumps({"event": event, "step": self.step, **row}) + "\n")
-        for tracker in self.trackers:
-            tracker.log(event, self.step, row)
-
-    def elapsed(self):
-        """Seconds of this run so far, all attempts together."""
-        return self.elapsed_before + time.time() - self.t_start
-
-    def overhead(self):
-        return sum(self.times.values())
-
-    def next_batch(self):
-        x, y = self.stream.next_batch()
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-    def stop_reason(self):
-        """'max_iters', 'max_time', a signal's name, or None to go on; the same on every process."""
-        cfg, why = self.cfg, None
-        if self.ddp.is_main:  # rank 0's clock decides for all
-            if self.step >= cfg.max_iters:
-                why = "max_iters"
-            elif self.max_time is not None and (self.step >= self.horizon or self.elapsed() >= self.max_time):
-                why = "max_time"
-        return self.ddp.first(self.stop.requested(self.step) or why)  # a signal to any process stops all
-
-    def after_step(self, loss, lr, reason):
-        """Every log_interval steps: the train NLL (the one host-device sync); every eval_interval: a
-        validation estimate; every ckpt_interval or on a signal: a checkpoint (a signal then exits 75)."""
-        cfg, step = self.cfg, self.step
-        self.loss_sum += loss.detach()  # stays on the device until the next log step
-        self.loss_count += 1
-        ending, signalled = reason in ("max_iters", "max_time"), reason not in (None, "max_iters", "max_time")
-        if step % cfg.log_interval == 0 or ending:  # (after a signal the checkpoint keeps the unlogged steps)
-            self.log_train(lr)
-        if step % cfg.eval_interval == 0 and not reason:  # the final evaluation covers the end
-            self.evaluate(self.val_periodic)
-        if step % cfg.ckpt_interval == 0 and not reason:
-            self.checkpoint()
-        if signalled:
-            self.save_and_exit(reason)
-
-    def save_and_exit(self, signal_name):
-        self.checkpoint()
-        self.log("stopped", signal=signal_name)
-        print(f"stopped by {signal_name} at step {self.step}; checkpoint saved to {self.ckpt_path}. "
-              f"Run the same command with --resume=True (or auto) to continue.")
-        raise SystemExit(EXIT_PREEMPTED)
-
-    def log_train(self, lr):
-        train_nll = (self.ddp.mean(self.loss_sum) / self.loss_count).item()
-        self.check_finite(train_nll)
-        self.last_good = (self.step, train_nll)
-        now, overhead = time.time(), self.overhead()
-        seconds = max(1e-9, now - self.t_window - (overhead - self.overhead_window))  # training time only
-        rate = (self.tokens - self.tokens_window) / seconds
-        self.t_window, self.tokens_window, self.overhead_window = now, self.tokens, overhead
-        mfu = rate * self.flops_token / (self.peak * self.ddp.world)  # model FLOPs utilization
-        self.log("train", tokens=self.tokens, elapsed=round(self.elapsed(), 3), lr=lr, train_nll=train_nll,
-                 tokens_per_s=round(rate, 1), mfu=round(mfu, 4))
-        target = self.horizon if self.max_time is not None else self.cfg.max_iters
-        eta = (target - self.step) * self.cfg.batch_size * self.cfg.block_size * self.ddp.world / max(rate, 1e-9)
-        if self.max_time is not None:
-            eta = min(eta, max(0.0, self.max_time - self.elapsed()))
-        print(f"step {self.step}/{target} | train nll {train_nll:.4f} | lr {lr:.2e} | "
-              f"{rate:,.0f} tok/s | mfu {mfu:.1%} | eta {format_seconds(eta)}", flush=True)
-        self.loss_sum, self.loss_count = torch.zeros((), device=self.device), 0
-
-    def evaluate(self, held_out):
-        """Validation NLL of held_out = (windows, document of each) (rank 0 evaluates), logged with its
-        standard error by document."""
-        (windows, doc_of), t0 = held_out, time.time()
-        nll, bpb, se = (evaluate(self.model, windows, eval_batch_size(self.cfg), self.device, self.autocast,
-                                 self.byte_lengths, doc_of) if self.ddp.is_main else (math.nan, math.nan, math.nan))
-        self.times["eval"] += time.time() - t0
-        self.log("eval", tokens=self.tokens, elapsed=round(self.elapsed(), 3),
-                 lr=get_lr(max(0, self.step - 1), self.cfg, self.horizon), val_nll=nll, val_nll_se=se,
-                 val_bpb=bpb, windows=len(windows), documents=len(np.unique(doc_of)))
-        print(f"step {self.step}: val nll {nll:.4f} ± {se:.4f} (standard error by document: {len(windows)} "
-              f"windows of {len(np.unique(doc_of))} documents), {bpb:.4f} bits/byte")
-        return nll, bpb, se
-
-    def check_finite(self, value):
-        if not math.isfinite(value):
-            self.diverged(f"train loss is {value} at step {self.step}")
-
-    def diverged(self, what):
-        good = f" (last finite train loss: {self.last_good[1]:.4f} at step {self.last_good[0]})" if self.last_good else ""
-        where = (f"{self.ckpt_path} (step {self.saved_step}) is the last good checkpoint, untouched"
-                 if self.saved_step is not None else "no checkpoint of this run was saved before it")
-        msg = (f"{what}{good}; {where}. Try a lower learning_rate, use_warmup=True, a smaller grad_clip "
-               "or dtype=float32 (resume from the checkpoint with --resume=True and the new setting)")
-        self.log("nan", message=msg)
-        raise FloatingPointError(msg)
-
-    def checkpoint(self):
-        """Save everything a resumed run needs to continue exactly (rank 0 writes; the others wait)."""
-        t0 = time.time()
-        window_sum = self.ddp.mean(self.loss_sum).item()
-        if self.loss_count:
-            self.check_finite(window_sum)  # never save a checkpoint of a diverged model
-        if not torch.stack([p.isfinite().all() for p in self.model.parameters()]).all():
-            self.diverged(f"a model weight is not finite after step {self.step}")
-        ranks = self.ddp.gather({"data": self.stream.state_dict(), "rng": torch.get_rng_state()})
-        if self.ddp.is_main:
-            keep = (self.out / f"ckpt_{self.saved_step}.pt"
-                    if self.cfg.keep_ckpts > 1 and self.saved_step not in (None, self.step) else None)
-            spent = time.time() - t0  # the save itself is added to times after it
-            save_checkpoint(self.ckpt_path, {
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "config": dataclasses.asdict(self.cfg), "step": self.step, "tokens": self.tokens,
-                "elapsed": self.elapsed(), "times": {**self.times, "ckpt": self.times["ckpt"] + spent},
-                "horizon": self.horizon,
-                "data": self.stream.state_dict(), "params": self.params,
-                "loss_window": (window_sum, self.loss_count), "last_good": self.last_good,
-                "scaler": self.scaler.state_dict(), **({"ranks": ranks} if self.ddp.enabled else {}),
-                "wandb_id": next((t.id for t in self.trackers if isinstance(t, WandbLog)), None),
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if self.device_type == "cuda" else []}},
-                keep_as=keep)
-            prune_checkpoints(self.out, self.cfg.keep_ckpts)
-            for tracker in self.trackers:  # their files reach at least this checkpoint's step
-                tracker.flush()
-        self.saved_step = self.step
-        self.ddp.barrier()  # none exits mid-save
-        self.times["ckpt"] += time.time() - t0
-
-    def close(self):  # (twice is fine)
-        self.stop.uninstall()
-        self.stream.close()
-        self.log_file.close()
-        for tracker in self.trackers:
-            tracker.close()
-        self.trackers = []
-
-    def unlock(self):  # the very last thing a run does (twice is fine)
-        if self.lock is not None:
-            self.lock.unlink(missing_ok=True)
-            self.lock = None
-
-    # --- the end --------------------------------------------------------------------------------
-    def finish(self, reason):
-        """The whole validation set, a final checkpoint, results.json. A signal during the final
-        evaluation does not stop it (the run is as good as done); one during the set-up does."""
-        if reason not in ("max_iters", "max_time"):  # a signal before this attempt's first step
-            self.save_and_exit(reason)
-        self.stream.close()
-        try:
-            nll, bpb, se = self.evaluate(self.val)
-            self.checkpoint()
-        finally:
-            self.close()
-        wall = self.elapsed()
-        train_time = max(1e-9, wall - self.overhead())
+            # --- the end: the whole held-out set (a signal no longer stops the run), a last checkpoint ---
+            stream.close()
+            nll, bpb, se = evaluate_and_log(setup.val, setup, run, log)
+            save_run_checkpoint(setup, run, stream, log)
+        # (closed: the signal handlers are back, the data workers, the log and the trackers closed)
+        wall = run.elapsed()
+        train_time = max(1e-9, wall - run.overhead())  # without evaluations, checkpoints and the max_time probe
         results = {"val_nll": nll, "val_nll_se": se, "val_bpb": bpb,
-                   "train_nll": self.last_good[1] if self.last_good else None,
-                   "params": self.params, "steps": self.step, "tokens": self.tokens, "horizon": self.horizon,
+                   "train_nll": run.last_good[1] if run.last_good else None,
+                   "params": setup.params, "steps": run.step, "tokens": run.tokens, "horizon": run.horizon,
                    "stopped_by": reason, "wall_time": wall, "train_time": train_time,
-                   "eval_time": self.times["eval"], "ckpt_time": self.times["ckpt"], "probe_time": self.times["probe"],
-                   "tokens_per_s": self.tokens / train_time,  # training throughput
-                   "mfu": self.tokens / train_time * self.flops_token / (self.peak * self.ddp.world),
-                   "peak_flops": self.peak, "skipped_lines": self.stream.skipped,
-                   "mixing": self.stream.mixing(),  # measured on this process's batches (rank 0's with DDP)
-                   "device": self.device,
-                   "dtype": self.dtype, "world_size": self.ddp.world,
-                   "eval_set": self.cfg.eval_set,  # val_nll is on this set: val, or the tuning set (tune)
-                   "flops_per_token": self.flops_token, "train_flops": self.flops_token * self.tokens,
-                   "config": dataclasses.asdict(self.cfg)}
-        if self.ddp.is_main:
-            with open(self.log_path, "a") as f:
-                f.write(json.dumps({"event": "end", "step": self.step, "tokens": self.tokens,
-                                    "elapsed": round(wall, 3), "val_nll": nll}) + "\n")
-            tmp = self.out / "results.json.tmp"
-            tmp.write_text(json.dumps(results, indent=2) + "\n")
-            os.replace(tmp, self.out / "results.json")
-        print(f"done: {self.step} steps, {self.tokens:,} tokens in {format_seconds(wall)} "
+                   "eval_time": run.times["eval"], "ckpt_time": run.times["ckpt"], "probe_time": run.times["probe"],
+                   "tokens_per_s": run.tokens / train_time,  # training throughput
+                   "mfu": speed.mfu(run.tokens / train_time), "peak_flops": speed.peak,
+                   "skipped_lines": stream.skipped,
+                   "mixing": stream.mixing(),  # measured on this process's batches (rank 0's with DDP)
+                   "device": setup.device, "dtype": setup.dtype, "world_size": ddp.world,
+                   "eval_set": cfg.eval_set,  # val_nll is on this set: val, or the tuning set (tune)
+                   "flops_per_token": speed.flops_token, "train_flops": speed.flops_token * run.tokens,
+                   "config": dataclasses.asdict(cfg)}
+        if ddp.is_main:
+            write_results(setup.out, results)  # log.txt's "end" line, results.json
+        print(f"done: {run.step} steps, {run.tokens:,} tokens in {format_seconds(wall)} "
               f"({format_seconds(train_time)} training, {results['tokens_per_s']:,.0f} tok/s; "
-              f"{format_seconds(self.times['eval'])} evaluating); val nll {nll:.4f} ± {se:.4f} "
-              f"({bpb:.4f} bits/byte); results in {self.out / 'results.json'}")
+              f"{format_seconds(run.times['eval'])} evaluating); val nll {nll:.4f} ± {se:.4f} "
+              f"({bpb:.4f} bits/byte); results in {setup.out / 'results.json'}")
         print(mixing_line(results["mixing"]))
         return results
+    finally:
+        if lock is not None:  # the very last thing a run does: the out_dir is free for the next run
+            lock.unlink(missing_ok=True)
 
 
 # -----------------------------------------------------------------------------
@@ -948,12 +575,14 @@ def main(argv=None):
 
 
 # =============================================================================
-# Plumbing. Nothing below changes what is trained: reading configs, the tokenizer, the data
-# pipeline, the demo corpus, the fused loss, checkpoints, speed, several processes.
+# Plumbing. Nothing below changes what is trained: a run's set-up, counters and evaluations, its out_dir,
+# resume and refusals, checkpoints, the log, signals, time budgets, reading configs, the tokenizer, the
+# data pipeline, the demo corpus, the fused loss, devices, speed and several processes.
 # =============================================================================
 
+
 # -----------------------------------------------------------------------------
-# Set-up of a run: device, precision, data, model, optimizer
+# A run: set-up (device, precision, data, model, optimizer), counters and clock, speed, evaluations
 
 def build(cfg, ddp):
     """Everything a run needs before its first step, as a namespace: device, dtype and autocast context,
@@ -992,7 +621,8 @@ def build(cfg, ddp):
     train_model = ddp.wrap(model, device)  # DDP with several processes
     train_model = torch.compile(train_model) if cfg.compile else train_model
     return SimpleNamespace(
-        cfg=cfg, ddp=ddp, device=device, device_type=device_type, dtype=dtype, autocast=autocast_context(device, dtype),
+        cfg=cfg, ddp=ddp, out=Path(cfg.out_dir),
+        device=device, device_type=device_type, dtype=dtype, autocast=autocast_context(device, dtype),
         ds=ds, n_train=n_train, byte_lengths=token_byte_lengths(),
         val=(val, val_doc_of), val_periodic=(val[periodic], val_doc_of[periodic]),  # (windows, document of each)
         model=model, params=params, optimizer=model.configure_optimizer(cfg, device_type),
@@ -1007,6 +637,164 @@ def eval_batch_size(cfg):
 
 def data_seed(cfg):
     return cfg.seed if cfg.data_seed < 0 else cfg.data_seed
+
+
+class RunState:
+    """How far a run has come, as its checkpoint keeps it: steps and tokens, the planned length (the cosine
+    decays over it), the last finite train loss, the train losses not yet logged (summed on the device),
+    the step of ckpt.pt, and the clock: seconds over all attempts, and those spent not training."""
+
+    def __init__(self, cfg, ckpt, device):
+        self.max_time = parse_duration(cfg.max_time)  # seconds, or None
+        self.step, self.tokens, self.elapsed_before, self.horizon = 0, 0, 0.0, cfg.max_iters
+        self.times = {"eval": 0.0, "ckpt": 0.0, "probe": 0.0}  # seconds not spent training, all attempts
+        self.last_good, self.saved_step, window = None, None, (0.0, 0)
+        if ckpt is not None:
+            self.step, self.tokens, self.elapsed_before = ckpt["step"], ckpt["tokens"], ckpt["elapsed"]
+            self.horizon, self.last_good, self.saved_step = ckpt["horizon"], ckpt.get("last_good"), ckpt["step"]
+            self.times.update(ckpt.get("times", {}))
+            if cfg.max_iters != ckpt["config"]["max_iters"] and self.max_time is None:
+                print(f"warning: max_iters changed to {cfg.max_iters}: the cosine horizon moves with it")
+                self.horizon = cfg.max_iters
+            window = ckpt["loss_window"]
+        self.loss_sum, self.loss_count = torch.tensor(float(window[0]), device=device), int(window[1])
+        self.t_start = None  # train() starts this attempt's clock once the set-up is done
+
+    def elapsed(self):
+        """Seconds of this run so far, all attempts together."""
+        return self.elapsed_before + time.time() - self.t_start
+
+    def overhead(self):
+        """Seconds of this run spent evaluating, saving checkpoints and probing the step time."""
+        return sum(self.times.values())
+
+
+def restore(setup, ckpt):
+    """Continue from a checkpoint: weights, optimizer, float16's loss scale, RNG (RunState has the counters)."""
+    setup.model.load_state_dict(ckpt["model"])
+    setup.optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scaler"):
+        setup.scaler.load_state_dict(ckpt["scaler"])  # float16's loss scale, so a resumed run is exact
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if setup.device_type == "cuda" and ckpt["rng"].get("cuda"):
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+
+class Speed:
+    """Tokens per second of training time (evaluations, checkpoints and the max_time probe not counted) and the
+    model FLOPs utilization (MFU) against the device's peak, over the window since the last measurement."""
+
+    def __init__(self, setup):
+        self.flops_token, (self.peak, peak_from) = flops_per_token(setup.model), peak_flops(setup.device, setup.dtype)
+        self.world = setup.ddp.world
+        print(f"speed: {self.flops_token / 1e6:,.1f} MFLOP per token; peak {self.peak / 1e12:,.2f} TFLOP/s "
+              f"per device ({peak_from})")
+
+    def start(self, run):
+        self.t, self.tokens, self.overhead = time.time(), run.tokens, run.overhead()
+
+    def window(self, run):
+        """(tokens/s, MFU) since start() or the last window."""
+        now, overhead = time.time(), run.overhead()
+        rate = (run.tokens - self.tokens) / max(1e-9, now - self.t - (overhead - self.overhead))
+        self.t, self.tokens, self.overhead = now, run.tokens, overhead
+        return rate, self.mfu(rate)
+
+    def mfu(self, rate):
+        return rate * self.flops_token / (self.peak * self.world)
+
+
+def print_progress(cfg, run, world, train_nll, lr, rate, mfu):
+    """The line of a log step: step of the planned length, train NLL, lr, speed and the time left."""
+    target = run.horizon if run.max_time is not None else cfg.max_iters
+    eta = (target - run.step) * cfg.batch_size * cfg.block_size * world / max(rate, 1e-9)
+    if run.max_time is not None:
+        eta = min(eta, max(0.0, run.max_time - run.elapsed()))
+    print(f"step {run.step}/{target} | train nll {train_nll:.4f} | lr {lr:.2e} | "
+          f"{rate:,.0f} tok/s | mfu {mfu:.1%} | eta {format_seconds(eta)}", flush=True)
+
+
+def evaluate_and_log(held_out, setup, run, log):
+    """Validation NLL of held_out = (windows, document of each) (rank 0 evaluates), logged and printed with
+    its standard error by document. Returns (nll, bits per byte, standard error)."""
+    (windows, doc_of), t0 = held_out, time.time()
+    nll, bpb, se = (evaluate(setup.model, windows, eval_batch_size(setup.cfg), setup.device, setup.autocast,
+                             setup.byte_lengths, doc_of) if setup.ddp.is_main else (math.nan, math.nan, math.nan))
+    run.times["eval"] += time.time() - t0
+    log("eval", run.step, tokens=run.tokens, elapsed=round(run.elapsed(), 3),
+        lr=get_lr(max(0, run.step - 1), setup.cfg, run.horizon), val_nll=nll, val_nll_se=se,
+        val_bpb=bpb, windows=len(windows), documents=len(np.unique(doc_of)))
+    print(f"step {run.step}: val nll {nll:.4f} ± {se:.4f} (standard error by document: {len(windows)} "
+          f"windows of {len(np.unique(doc_of))} documents), {bpb:.4f} bits/byte")
+    return nll, bpb, se
+
+
+def diverged(what, setup, run, log):
+    """A non-finite loss or weight: logged, and raised as FloatingPointError (main() exits 3) with the last
+    finite loss, the last good checkpoint (never overwritten by a diverged model) and what to try."""
+    good = f" (last finite train loss: {run.last_good[1]:.4f} at step {run.last_good[0]})" if run.last_good else ""
+    where = (f"{setup.out / 'ckpt.pt'} (step {run.saved_step}) is the last good checkpoint, untouched"
+             if run.saved_step is not None else "no checkpoint of this run was saved before it")
+    msg = (f"{what}{good}; {where}. Try a lower learning_rate, use_warmup=True, a smaller grad_clip "
+           "or dtype=float32 (resume from the checkpoint with --resume=True and the new setting)")
+    log("nan", run.step, message=msg)
+    raise FloatingPointError(msg)
+
+
+@torch.no_grad()
+def evaluate(model, windows, batch_size, device, ctx, byte_lengths, doc_of=None):
+    """(mean NLL in nats/token, bits per byte, standard error of the mean NLL) of the validation windows
+    (n, T+1). The standard error is the evaluation's own noise, how much the number would move with
+    another sample of text like it: by document (doc_of: the document of each window; windows of one
+    document share its noise), or, without doc_of, over windows as if each were independent."""
+    model.eval()
+    per_window, total_bytes = [], 0
+    for i in range(0, len(windows), batch_size):
+        w = windows[i:i + batch_size]
+        x, y = w[:, :-1].to(device), w[:, 1:].to(device)
+        with ctx:
+            per_window.append(model(x, y, reduction="none").float().mean(dim=1).double().cpu())  # (b,)
+        total_bytes += int(byte_lengths[w[:, 1:].numpy()].sum())
+    model.train()
+    nll = torch.cat(per_window).numpy()  # every window has T targets: the mean over windows is the mean over tokens
+    se = clustered_se(nll, np.arange(len(nll)) if doc_of is None else doc_of)
+    total_nll = nll.sum() * (windows.size(1) - 1)
+    return float(nll.mean()), float(total_nll / math.log(2) / max(1, total_bytes)), se
+
+
+def clustered_se(values, clusters):
+    """Standard error of the mean of values whose noise is shared within clusters: the cluster-robust (CR1)
+    sqrt(G/(G-1) * sum_g (sum_{i in g} (x_i - mean))^2) / n over G clusters. With every value its own
+    cluster it is exactly std(ddof=1)/sqrt(n). NaN with fewer than two clusters."""
+    values = np.asarray(values, np.float64)
+    groups, index = np.unique(clusters, return_inverse=True)
+    if len(groups) < 2:
+        return math.nan
+    sums = np.bincount(index, weights=values - values.mean())
+    return float(math.sqrt(len(groups) / (len(groups) - 1) * (sums ** 2).sum()) / len(values))
+
+
+# -----------------------------------------------------------------------------
+# The out_dir: writable, one process at a time (out_dir/.lock)
+
+def claim_out_dir(cfg, stop, ddp):
+    """What a run does first: out_dir must be writable; the stop signals are caught from now on (SLURM's
+    warning can come while the data or the model load); rank 0 takes out_dir/.lock for the whole run and
+    checks that the trackers asked for are installed (an error now, not after the data has loaded).
+    Returns the lock file (None on the other ranks). On an error, signals and out_dir are left as they were."""
+    out, lock = Path(cfg.out_dir), None
+    check_writable(out)
+    stop.install()
+    try:
+        if ddp.is_main:
+            lock = lock_out_dir(out)
+            require_trackers(cfg)
+    except BaseException:
+        stop.uninstall()
+        if lock is not None:
+            lock.unlink(missing_ok=True)
+        raise
+    return lock
 
 
 def check_writable(out):
@@ -1057,6 +845,37 @@ def process_alive(pid):
     return True
 
 
+# -----------------------------------------------------------------------------
+# Resume and refusals: which checkpoint a run continues from; never another run's files overwritten
+
+# Keys that make two runs the same run (besides MODEL_KEYS): --resume=auto continues only such a run.
+RUN_KEYS = ("data_path", "seed", "data_seed", "batch_size", "val_docs", "tune_docs", "eval_set", "min_chars",
+            "shuffle_tokens")
+
+
+def config_value(config, key):
+    """A key of a saved config (a dict); when the config is older than the key, the value runs had then."""
+    meta = CONFIG_FIELDS[key].metadata
+    return config.get(key, meta.get("before", CONFIG_FIELDS[key].default))
+
+
+# Keys that say how a run is run, watched or kept, not what it trains or measures: the only keys in which
+# a finished run may differ from this config and still be this run ("already finished; nothing to do").
+HOW_KEYS = ("out_dir", "resume", "overwrite", "device", "num_workers", "compile", "fused_loss", "ckpt_interval",
+            "keep_ckpts", "tensorboard", "wandb", "wandb_project", "wandb_run_name")
+
+
+def differing(config, cfg):
+    """The keys (other than HOW_KEYS) in which a saved config (a dict) differs from cfg."""
+    return [k for k in CONFIG_FIELDS if k not in HOW_KEYS and config_value(config, k) != getattr(cfg, k)]
+
+
+def run_files(out):
+    """The files of a run in out: what a fresh run there would replace."""
+    names = [out / "log.txt", out / "results.json", out / "ckpt.pt"]
+    return [f for f in names if f.is_file()] + sorted(out.glob("ckpt_*.pt")) + sorted(out.glob("events.out.tfevents.*"))
+
+
 def read_results(path):
     """A finished run's results.json as a dict, or None (missing, unreadable, not ours)."""
     try:
@@ -1066,6 +885,148 @@ def read_results(path):
     return results if isinstance(results, dict) and isinstance(results.get("config"), dict) else None
 
 
+def checkpoint_to_resume(cfg):
+    """(the checkpoint this run continues from or None for a fresh start, the results of this run if it is
+    already finished or None), following --resume and never erasing another run: true: out_dir/ckpt.pt,
+    which must exist; auto: out_dir's checkpoint if it is of this same run (a foreign one is refused); false,
+    or auto with no checkpoint of this run: a fresh start (start_afresh). If out_dir holds this run's
+    results.json it is already finished: nothing to do (unless --resume=false --overwrite=True asks to
+    train it again)."""
+    out, mode = Path(cfg.out_dir), str(cfg.resume).lower()  # (a Config made in code may hold True/False)
+    ckpt_path = out / "ckpt.pt"
+    if mode == "true":
+        if not ckpt_path.is_file():
+            raise UserError(f"--resume=True but there is no checkpoint at {ckpt_path}")
+        return check_checkpoint(load_checkpoint(ckpt_path, "cpu"), mode, cfg), None
+    results = read_results(out / "results.json")
+    if results and not differing(results["config"], cfg) and not (mode == "false" and cfg.overwrite):
+        print(f"{out}: this run already finished (val nll {results.get('val_nll')}); nothing to do")
+        return None, results
+    if mode == "auto" and ckpt_path.is_file():
+        try:
+            ckpt = check_checkpoint(load_checkpoint(ckpt_path, "cpu"), mode, cfg)
+        except UserError:  # the checkpoint of another run: refused, or deleted below with --overwrite=True
+            if not cfg.overwrite:
+                raise
+            ckpt = None
+        if ckpt is not None and not results:
+            return ckpt, None
+    start_afresh(cfg, results)
+    return None, None
+
+
+def start_afresh(cfg, results):
+    """A fresh start needs an out_dir without a run in it. A run found there (log, results, checkpoints)
+    is refused, named, with the ways out; --overwrite=True deletes its files instead (and says so).
+    This same config's run stopped before its first checkpoint (a log alone) simply starts again."""
+    out = Path(cfg.out_dir)
+    files = run_files(out)
+    if not files:
+        return
+    log = read_log(out / "log.txt") if (out / "log.txt").is_file() else []
+    start = next((r for r in log if r.get("event") == "start" and isinstance(r.get("config"), dict)), None)
+    other = results["config"] if results else start["config"] if start else None
+    differ = differing(other, cfg) if other is not None else None
+    has_ckpt = (out / "ckpt.pt").is_file()
+    if not results and not has_ckpt and differ == []:  # (e.g. killed, or diverged, before it)
+        print(f"{out}: this run stopped before its first checkpoint; starting it again")
+    elif cfg.overwrite:
+        print(f"--overwrite=True: deleting the run in {out} ({', '.join(sorted(f.name for f in files))})")
+    else:
+        raise UserError(refusal(cfg, files, log, results, has_ckpt, other, differ))
+    for f in files:
+        f.unlink(missing_ok=True)
+
+
+def refusal(cfg, files, log, results, has_ckpt, other, differ):
+    """The one-line error for a fresh run into an out_dir that holds another run: what is there, how its
+    config differs (other: its config, differ: the differing keys), and the ways out."""
+    step = max((r.get("step", 0) for r in log), default=None)
+    if results:
+        what = f"a finished run (val nll {results.get('val_nll', math.nan):.4f})"
+    elif has_ckpt:
+        what = f"an unfinished run (checkpoint ckpt.pt, log up to step {step})"
+    elif log:
+        what = f"the log of a run stopped at step {step} before its first checkpoint"
+    else:
+        what = "a run's files (" + ", ".join(sorted(f.name for f in files)) + ")"
+    if differ:
+        shown = differ[:4]
+        what += (" that has " + ", ".join(f"{k}={config_value(other, k)!r}" for k in shown)
+                 + " but the config says " + ", ".join(f"{k}={getattr(cfg, k)!r}" for k in shown)
+                 + (f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""))
+    ways = ["another --out_dir"]
+    if has_ckpt and not differ:
+        ways.append("--resume=auto to continue it")
+    elif has_ckpt and not set(differ) & set(MODEL_KEYS):  # same model: it can go on with this config
+        ways.append("--resume=True to continue it with this config")
+    ways.append("--overwrite=True to delete it and start afresh")
+    return (f"{Path(cfg.out_dir)} already holds {what}; nothing was changed. Use " + ", ".join(ways[:-1])
+            + " or " + ways[-1])
+
+
+def check_checkpoint(ckpt, mode, cfg):
+    """ckpt if this run can continue from it; refused if it holds no training state or another model
+    shape (and, with auto, another run's data or seeds); with true, changed data or seeds warn."""
+    ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
+    missing = [k for k in ("optimizer", "step", "tokens", "elapsed", "horizon", "data", "loss_window", "rng")
+               if k not in ckpt]
+    if missing:
+        raise UserError(f"checkpoint {ckpt_path} holds no training state to resume from "
+                        f"(missing: {', '.join(missing)})")
+    saved = ckpt["config"]
+    differ = [k for k in MODEL_KEYS if config_value(saved, k) != getattr(cfg, k)]
+    if differ:  # every model-shape key that disagrees, named
+        has = ", ".join(f"{k}={config_value(saved, k)!r}" for k in differ)
+        says = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in differ)
+        raise UserError(f"checkpoint {ckpt_path} has {has} but the config says {says}")
+    changed = [k for k in RUN_KEYS if config_value(saved, k) != getattr(cfg, k)]
+    if changed and mode == "auto":
+        raise UserError(f"{Path(cfg.out_dir)} holds the checkpoint of another run ("
+                        + ", ".join(f"{k}={config_value(saved, k)!r}, not {getattr(cfg, k)!r}" for k in changed)
+                        + "): use another out_dir, or --resume=True to continue it anyway")
+    for key in changed:
+        print(f"warning: {key} changed since the checkpoint "
+              f"({config_value(saved, key)!r} -> {getattr(cfg, key)!r}): the resumed run is not exact")
+    return ckpt
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints and results: written whole or not at all, read without running code
+
+def save_run_checkpoint(setup, run, stream, log):
+    """Save everything a resumed run needs to continue exactly (rank 0 writes ckpt.pt; the others wait).
+    Never a checkpoint of a diverged model: a non-finite loss or weight stops the run instead (diverged)."""
+    t0, cfg, ddp, out = time.time(), setup.cfg, setup.ddp, setup.out
+    window_sum = ddp.mean(run.loss_sum).item()
+    if run.loss_count and not math.isfinite(window_sum):
+        diverged(f"train loss is {window_sum} at step {run.step}", setup, run, log)
+    if not torch.stack([p.isfinite().all() for p in setup.model.parameters()]).all():
+        diverged(f"a model weight is not finite after step {run.step}", setup, run, log)
+    ranks = ddp.gather({"data": stream.state_dict(), "rng": torch.get_rng_state()})
+    if ddp.is_main:
+        keep = (out / f"ckpt_{run.saved_step}.pt"
+                if cfg.keep_ckpts > 1 and run.saved_step not in (None, run.step) else None)
+        spent = time.time() - t0  # the save itself is added to times after it
+        save_checkpoint(out / "ckpt.pt", {
+            "model": setup.model.state_dict(), "optimizer": setup.optimizer.state_dict(),
+            "config": dataclasses.asdict(cfg), "step": run.step, "tokens": run.tokens,
+            "elapsed": run.elapsed(), "times": {**run.times, "ckpt": run.times["ckpt"] + spent},
+            "horizon": run.horizon,
+            "data": stream.state_dict(), "params": setup.params,
+            "loss_window": (window_sum, run.loss_count), "last_good": run.last_good,
+            "scaler": setup.scaler.state_dict(), **({"ranks": ranks} if ddp.enabled else {}),
+            "wandb_id": log.wandb_id(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if setup.device_type == "cuda" else []}},
+            keep_as=keep)
+        prune_checkpoints(out, cfg.keep_ckpts)
+        log.flush()  # the trackers' files reach at least this checkpoint's step
+    run.saved_step = run.step
+    ddp.barrier()  # none exits mid-save
+    run.times["ckpt"] += time.time() - t0
+
+
 def prune_checkpoints(out, keep_ckpts):
     """Keep the newest keep_ckpts-1 of the ckpt_<step>.pt files kept beside ckpt.pt."""
     older = sorted((int(m[1]), p) for p in out.glob("ckpt_*.pt") if (m := re.fullmatch(r"ckpt_(\d+)\.pt", p.name)))
@@ -1073,28 +1034,281 @@ def prune_checkpoints(out, keep_ckpts):
         p.unlink(missing_ok=True)
 
 
+def write_results(out, results):
+    """The end of a run on disk: log.txt's "end" line, then results.json (written whole, then renamed)."""
+    with open(out / "log.txt", "a") as f:
+        f.write(json.dumps({"event": "end", "step": results["steps"], "tokens": results["tokens"],
+                            "elapsed": round(results["wall_time"], 3), "val_nll": results["val_nll"]}) + "\n")
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, out / "results.json")
+
+
+def save_checkpoint(path, ckpt, keep_as=None):
+    """Write to a temporary file, fsync, then rename over the old one: a kill at any moment leaves
+    either the previous checkpoint or the new one, never a torn file. keep_as: first give the previous
+    checkpoint this second name (a hard link; a copy where links are not supported)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_as is not None and path.is_file() and not Path(keep_as).exists():
+            try:
+                os.link(path, keep_as)
+            except OSError:
+                import shutil
+                shutil.copyfile(path, f"{keep_as}.tmp")
+                os.replace(f"{keep_as}.tmp", keep_as)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write checkpoint {path}: {e.strerror or e} (the previous one is intact)")
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # some file systems cannot fsync a folder
+
+
+def load_checkpoint(path, device="cpu"):
+    """torch.load with weights_only=True: loading never runs code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {path}: corrupted, truncated or not a PyTorch checkpoint "
+                        f"({type(e).__name__})") from None
+    if (not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt)
+            or not isinstance(ckpt["model"], dict) or not isinstance(ckpt["config"], dict)):
+        raise UserError(f"{path} is not a gpt-ablate checkpoint (no model and config in it)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, device="cpu"):
+    """Rebuild the exact model (any switch combination) from a checkpoint's config and weights."""
+    known = {k: v for k, v in ckpt["config"].items() if k in CONFIG_FIELDS}
+    try:
+        cfg = Config(**known)
+        check_config(cfg)
+        model = GPT(cfg)
+    except (UserError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise UserError(f"the checkpoint's config cannot build a model: {e}") from None
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint weights do not fit its config: {str(e).splitlines()[0]}") from None
+    return model.to(device), cfg
+
+
+# -----------------------------------------------------------------------------
+# The log (log.txt) and the trackers (TensorBoard, W&B)
+
+class RunLog:
+    """log.txt, one JSON event per line (rank 0 alone writes it), and the same numbers to TensorBoard / W&B
+    when asked; log(event, step, **row) writes one. It opens with the run's "start" line, or on resume with
+    a "resume" line after log.txt is cut back to the checkpoint's step (steps never repeat); the trackers
+    continue their curves then: TensorBoard drops the events after that step (purge_step), W&B continues
+    the run whose id the checkpoint holds. A fresh run starts in an out_dir without a run's files
+    (start_afresh saw to that)."""
+
+    def __init__(self, setup, run, ckpt):
+        cfg, path, self.trackers = setup.cfg, setup.out / "log.txt", []
+        if not setup.ddp.is_main:
+            path = Path(os.devnull)
+        elif ckpt is not None and path.is_file():
+            kept = [r for r in read_log(path) if r.get("step", 0) <= run.step]
+            tmp = path.with_name("log.txt.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, path)
+        self.file = open(path, "a", buffering=1)
+        if setup.ddp.is_main and cfg.tensorboard:
+            self.trackers.append(TensorBoardLog(setup.out, purge_step=run.step + 1 if ckpt is not None else None))
+        if setup.ddp.is_main and cfg.wandb != "off":
+            self.trackers.append(WandbLog(cfg, setup.out, ckpt.get("wandb_id") if ckpt is not None else None))
+        if ckpt is None:
+            self("start", run.step, config=dataclasses.asdict(cfg), params=setup.params, horizon=run.horizon,
+                 device=setup.device, dtype=setup.dtype)
+        else:
+            self("resume", run.step, tokens=run.tokens, elapsed=round(run.elapsed_before, 3))
+
+    def __call__(self, event, step, **row):
+        self.file.write(json.dumps({"event": event, "step": step, **row}) + "\n")
+        for tracker in self.trackers:
+            tracker.log(event, step, row)
+
+    def wandb_id(self):
+        """The W&B run's id, kept in checkpoints so that a resumed run continues it (None without W&B)."""
+        return next((t.id for t in self.trackers if isinstance(t, WandbLog)), None)
+
+    def flush(self):
+        for tracker in self.trackers:
+            tracker.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+        for tracker in self.trackers:
+            tracker.close()
+
+
+def require_trackers(cfg):
+    """TensorBoard and W&B are optional packages: one clear line if one is asked for and not installed."""
+    if cfg.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise UserError("--tensorboard=True needs the tensorboard package: pip install tensorboard") from None
+    if cfg.wandb != "off":
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError(f"--wandb={cfg.wandb} needs the wandb package: pip install wandb") from None
+
+
+# log.txt's numbers as TensorBoard / W&B scalars: {event: {row key: tag}}
+TRACKED = {"train": {"train_nll": "train/nll", "lr": "train/lr", "tokens_per_s": "train/tokens_per_s",
+                     "mfu": "train/mfu"},
+           "eval": {"val_nll": "val/nll", "val_nll_se": "val/nll_se", "val_bpb": "val/bpb"}}
+
+
+def config_markdown(config):
+    return "| key | value |\n|---|---|\n" + "\n".join(f"| {k} | `{v!r}` |" for k, v in config.items())
+
+
+class TensorBoardLog:
+    """Event files in the run's folder (`tensorboard --logdir out` shows every run by its folder); x = step."""
+
+    def __init__(self, out, purge_step=None):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(log_dir=str(out), purge_step=purge_step)
+
+    def log(self, event, step, row):
+        if event == "start":
+            self.writer.add_text("config", config_markdown(row["config"]), step)
+        for key, tag in TRACKED.get(event, {}).items():
+            self.writer.add_scalar(tag, row[key], step)
+
+    def flush(self):
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+class WandbLog:
+    """A Weights & Biases run (offline: files under out/wandb/, uploaded later with `wandb sync`); x = step.
+    run_id: the W&B run that a resumed run continues (saved in its checkpoints)."""
+
+    def __init__(self, cfg, out, run_id=None):
+        import wandb
+        try:
+            self.run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or cfg.out_dir, id=run_id,
+                                  resume="allow", mode=cfg.wandb, dir=str(out), config=dataclasses.asdict(cfg))
+        except Exception as e:  # e.g. online without a network or a login
+            raise UserError(f"W&B could not start a run ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                            "; on a node without internet use --wandb=offline, then wandb sync") from None
+        self.id = self.run.id
+
+    def log(self, event, step, row):
+        scalars = {tag: row[key] for key, tag in TRACKED.get(event, {}).items()}
+        if scalars:
+            self.run.log(scalars, step=step)
+
+    def flush(self):
+        pass  # (W&B writes as it goes)
+
+    def close(self):
+        self.run.finish()
+
+
+def read_log(path):
+    """log.txt -> list of event dicts. A torn last line (killed run) is skipped."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def format_seconds(s):
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+# -----------------------------------------------------------------------------
+# Signals: stop at the next step boundary, save, exit 75
+
+class StopFlag:
+    """SIGTERM, SIGUSR1 (SLURM's warning before the time limit) and a first Ctrl-C ask the loop to save
+    a checkpoint at the next step boundary and exit with EXIT_PREEMPTED; a second Ctrl-C exits at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+    def __init__(self):
+        self.signal = None
+
+    def install(self):
+        if not getattr(self, "previous", None):  # (already installed: keep the first handlers to restore)
+            self.previous = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
+
+    def uninstall(self):
+        for sig, handler in getattr(self, "previous", {}).items():
+            signal.signal(sig, handler)
+        self.previous = None
+
+    def handle(self, signum, frame):
+        if signum == signal.SIGINT and self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        again = " (Ctrl-C again exits at once, without saving)" if signum == signal.SIGINT else ""
+        try:  # os.write, not print: print may fail as a reentrant call if the loop was printing
+            os.write(2, f"\n{self.signal}: saving a checkpoint at the end of this step, then exiting{again}\n"
+                     .encode())
+        except OSError:
+            pass
+
+    def requested(self, step):
+        """The signal's name if the run should stop after `step`, else None."""
+        return self.signal
+
+
 # -----------------------------------------------------------------------------
 # Time budgets: a duration becomes a step count before the first step
 
-def measure_step_time(b, min_seconds=2.0):
+def measure_step_time(setup, min_seconds=2.0):
     """(seconds per training step, seconds per periodic evaluation) of this model on this device, timed
     on random tokens after three warm-up steps (which also compile). The weights, the RNG and the real
     optimizer are left as they were: the probe steps a throwaway optimizer and the weights are restored."""
-    cfg, model = b.cfg, b.model
+    cfg, model = setup.cfg, setup.model
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    cuda = b.device_type == "cuda"
+    cuda = setup.device_type == "cuda"
     cuda_rng = torch.cuda.get_rng_state_all() if cuda else None
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    optimizer = model.configure_optimizer(cfg, b.device_type)
-    scaler = torch.amp.GradScaler(enabled=b.dtype == "float16")
+    optimizer = model.configure_optimizer(cfg, setup.device_type)
+    scaler = torch.amp.GradScaler(enabled=setup.dtype == "float16")
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, model.vocab_size, (cfg.batch_size, cfg.block_size + 1), generator=g)
-    x, y = tokens[:, :-1].contiguous().to(b.device), tokens[:, 1:].contiguous().to(b.device)
+    x, y = tokens[:, :-1].contiguous().to(setup.device), tokens[:, 1:].contiguous().to(setup.device)
 
     def steps(n):
         for _ in range(n):
-            train_step(b, optimizer, scaler, x, y)
+            train_step(setup, optimizer, scaler, x, y)
         sync()
 
     steps(3)
@@ -1108,8 +1322,8 @@ def measure_step_time(b, min_seconds=2.0):
         n = done  # double the count each round
     step_s = seconds / done
     t0 = time.perf_counter()
-    if b.ddp.is_main:  # rank 0 evaluates
-        evaluate(model, b.val_periodic[0], eval_batch_size(cfg), b.device, b.autocast, b.byte_lengths)
+    if setup.ddp.is_main:  # rank 0 evaluates
+        evaluate(model, setup.val_periodic[0], eval_batch_size(cfg), setup.device, setup.autocast, setup.byte_lengths)
     eval_s = time.perf_counter() - t0
     model.load_state_dict(saved)
     torch.set_rng_state(rng)
@@ -1118,11 +1332,12 @@ def measure_step_time(b, min_seconds=2.0):
     return step_s, eval_s
 
 
-def steps_within(seconds, step_s, eval_s, final_evals, eval_interval):
-    """Steps that fit in `seconds` with a periodic evaluation (eval_s) every eval_interval steps and a
-    final evaluation as long as final_evals periodic ones."""
-    per_step = step_s + eval_s / eval_interval
-    return max(0, int((seconds - eval_s * final_evals) / per_step))
+def steps_within(seconds, step_s, eval_s, setup):
+    """Steps of the run (at most max_iters) that fit in `seconds` with a periodic evaluation (eval_s) every
+    eval_interval steps and a final one on the whole held-out set (as long as that many periodic ones)."""
+    final_evals = len(setup.val[0]) / max(1, len(setup.val_periodic[0]))
+    per_step = step_s + eval_s / setup.cfg.eval_interval
+    return min(setup.cfg.max_iters, max(0, int((seconds - eval_s * final_evals) / per_step)))
 
 
 def steps_for_duration(cfg, duration):
@@ -1134,13 +1349,31 @@ def steps_for_duration(cfg, duration):
         raise UserError(f"--steps-in needs a duration such as 4h, 30m or 90s, got '{duration}'")
     from contextlib import redirect_stdout
     with redirect_stdout(sys.stderr):  # stdout carries the one number
-        b = build(cfg, Distributed({}))
-        step_s, eval_s = measure_step_time(b)
-    steps = min(cfg.max_iters, steps_within(seconds, step_s, eval_s, len(b.val[0]) / max(1, len(b.val_periodic[0])),
-                                            cfg.eval_interval))
+        setup = build(cfg, Distributed({}))
+        step_s, eval_s = measure_step_time(setup)
+    steps = steps_within(seconds, step_s, eval_s, setup)
     print(f"{step_s:.4f} s per step, {eval_s:.2f} s per periodic evaluation: {steps} steps in {duration}",
           file=sys.stderr)
     return steps
+
+
+def plan_horizon(setup, run, log):
+    """max_time: the number of steps that fit in the budget, known before the first step (a short timed probe
+    on random tokens), so that the cosine decays over the run from the start. Rank 0's clock decides."""
+    cfg, t0 = setup.cfg, time.time()
+    step_s, eval_s = measure_step_time(setup)
+    run.times["probe"] += time.time() - t0
+    horizon = setup.ddp.agree(steps_within(run.max_time - run.elapsed(), step_s, eval_s, setup))
+    if horizon == 0:
+        raise UserError(f"max_time {cfg.max_time} leaves no time for a training step ({step_s:.2f} s per "
+                        f"step, {eval_s:.2f} s per periodic evaluation, the final one {len(setup.val[0])} windows): "
+                        "raise max_time or lower val_docs")
+    print(f"max_time {cfg.max_time}: {step_s:.3f} s per step, {eval_s:.2f} s per periodic evaluation "
+          f"-> planned run length {horizon} steps")
+    log("horizon", run.step, horizon=horizon, step_s=step_s, eval_s=eval_s)
+    return horizon
+
+
 # -----------------------------------------------------------------------------
 # Config files and the command line: `key = value` files and --key=value overrides, type-checked
 
@@ -1663,6 +1896,10 @@ def validation_windows(texts, block_size):
     return torch.from_numpy(windows.astype(np.int64)), docs
 
 
+# -----------------------------------------------------------------------------
+# The training order: documents in a seeded order (DataLoader workers tokenize them), cut into windows,
+# drawn into batches (TrainStream); its position is part of every checkpoint
+
 def keep_list(items):
     return items
 
@@ -1797,13 +2034,97 @@ def tail_from_state(state, doc):
 FIRST_FILL = 1 << 20  # tokens in the shuffle buffer before the first step; a larger buffer grows while training
 
 
+class ShuffleBuffer:
+    """The windows that the shuffled order (shuffle_tokens > 0) draws batch rows from: consecutive windows of
+    block_size+1 tokens cut from the documents' stream, whose tokens read but not yet cut wait in `tail`.
+    windows[:count] are in the buffer, docs[:count] are the document of each one's first token."""
+
+    def __init__(self, block_size, state):
+        self.block_size = block_size
+        self.tail = tail_from_state(state["tail"], -1) if "tail" in state else TokenTail()
+        self.windows = (tokens_from_state(state["buffer"]) if "buffer" in state
+                        else np.zeros((0, block_size + 1), np.uint16))
+        self.docs = np.asarray(state.get("buffer_docs", np.zeros(0)), np.int64)
+        self.count = len(self.windows)
+
+    def state_dict(self):
+        return {"tail": self.tail.state_dict(), "buffer": tokens_to_tensor(self.windows[:self.count]),
+                "buffer_docs": torch.from_numpy(self.docs[:self.count].copy())}
+
+    def add_from_tail(self, n, most):
+        """Cut n windows from the tail into the buffer, its arrays growing by doubling but never past `most`."""
+        windows, docs = self.tail.cut(n, self.block_size)
+        if self.count + n > len(self.windows):
+            more = min(most, max(2 * len(self.windows), self.count + n)) - self.count
+            self.windows = np.concatenate([self.windows[:self.count], np.empty((more, self.block_size + 1), np.uint16)])
+            self.docs = np.concatenate([self.docs[:self.count], np.empty(more, np.int64)])
+        self.windows[self.count:self.count + n], self.docs[self.count:self.count + n] = windows, docs
+        self.count += n
+
+    def draw(self, u):
+        """len(u) windows and their documents, drawn without replacement: for each number in u (uniform in
+        [0, 1)) the window at u * count leaves, and the last window of the buffer takes its place."""
+        windows = np.empty((len(u), self.block_size + 1), np.uint16)
+        docs = np.empty(len(u), np.int64)
+        for r in range(len(u)):
+            j = int(u[r] * self.count)
+            windows[r], docs[r] = self.windows[j], self.docs[j]
+            self.count -= 1
+            self.windows[j], self.docs[j] = self.windows[self.count], self.docs[self.count]
+        return windows, docs
+
+    def expected_mixing(self, batch_size):
+        """The mixing measures expected of the buffer as it is now, for draws with replacement: a row repeats
+        the step before's document with probability sum(p_d^2), p_d the share of the buffer's windows from
+        document d, and 50 steps see sum(1 - (1 - p_d)^(50 batch_size)) documents."""
+        p = np.unique(self.docs[:self.count], return_counts=True)[1] / self.count
+        return {"doc_repeat": float((p ** 2).sum()),
+                "docs_per_50_steps": float((1 - (1 - p) ** (50 * batch_size)).sum()),
+                "buffer_windows": self.count, "buffer_docs": len(p)}
+
+
+class Mixing:
+    """How far the training order is from i.i.d., counted batch by batch: the rows whose document (that of
+    the row's first token) is the one the same row had at the step before, and the distinct documents per
+    block of 50 steps."""
+
+    def __init__(self, state):
+        self.counts = {"repeats": 0, "rows": 0, "blocks": 0, "distinct": 0, **state.get("mix", {})}
+        self.last_docs = np.asarray(state["last_docs"]) if "last_docs" in state else None
+        self.block_docs = set(np.asarray(state.get("block_docs", [])).tolist())
+
+    def add(self, docs, batches):
+        """Count the rows' documents of batch number `batches` (1 for the first)."""
+        c = self.counts
+        if self.last_docs is not None:
+            c["repeats"] += int((docs == self.last_docs).sum())
+            c["rows"] += len(docs)
+        self.last_docs = docs
+        self.block_docs.update(docs.tolist())
+        if batches % 50 == 0:
+            c["blocks"] += 1
+            c["distinct"] += len(self.block_docs)
+            self.block_docs = set()
+
+    def measured(self, batches):
+        c = self.counts
+        return {"doc_repeat": c["repeats"] / c["rows"] if c["rows"] else None,
+                "docs_per_50_steps": c["distinct"] / c["blocks"] if c["blocks"] else None,
+                "steps": batches}
+
+    def state_dict(self):
+        return {"mix": dict(self.counts), "block_docs": torch.tensor(sorted(self.block_docs), dtype=torch.int64),
+                **({"last_docs": torch.from_numpy(self.last_docs.copy())} if self.last_docs is not None else {})}
+
+
 class TrainStream:
     """Training batches of batch_size windows of block_size+1 tokens (no padding, nothing dropped), cut from
     the training documents read in DocumentOrder, each followed by <|endoftext|>. Two orders:
     - shuffle_tokens > 0 (the default): the documents form one stream, cut into consecutive windows that
-      enter a buffer of about shuffle_tokens tokens; each row of a batch is a window drawn from the buffer
-      at random, and the buffer is refilled in the order. A step sees windows from all over the buffer,
-      as nanoGPT's random windows see the whole corpus, so consecutive steps rarely share a document.
+      enter a buffer of about shuffle_tokens tokens (ShuffleBuffer); each row of a batch is a window drawn
+      from the buffer at random, and the buffer is refilled in the order. A step sees windows from all over
+      the buffer, as nanoGPT's random windows see the whole corpus, so consecutive steps rarely share a
+      document.
     - shuffle_tokens = 0: each row is a stream of its own; the next document goes to the row with the
       fewest tokens waiting (the order of runs made before shuffle_tokens existed: a row stays in one
       document for many steps).
@@ -1828,26 +2149,14 @@ class TrainStream:
         rows = state.get("rows") or ([state["leftover"]] if state.get("leftover") is not None else [])
         self.rows = [tail_from_state(r, -1 - i) for i, r in enumerate(rows[:batch_size])]
         self.rows += [TokenTail() for _ in range(batch_size - len(self.rows))]
-        # the shuffle buffer: its first `count` windows and the document of each one's first token
-        self.tail = tail_from_state(state["tail"], -1) if "tail" in state else TokenTail()
-        buffered = tokens_from_state(state["buffer"]) if "buffer" in state else np.zeros((0, block_size + 1), np.uint16)
-        self.count = len(buffered)
-        self.buffer, self.buffer_docs = buffered, np.asarray(state.get("buffer_docs", np.zeros(0)), np.int64)
-        # how mixed the order is (mixing()): rows whose document repeats from the step before, distinct
-        # documents per block of 50 steps
-        self.mix = {"repeats": 0, "rows": 0, "blocks": 0, "distinct": 0, **state.get("mix", {})}
-        self.last_docs = np.asarray(state["last_docs"]) if "last_docs" in state else None
-        self.block_docs = set(np.asarray(state.get("block_docs", [])).tolist())
+        self.buffer = ShuffleBuffer(block_size, state)  # the shuffled order's windows
+        self.mix = Mixing(state)
         self.loader = None
 
     def state_dict(self):
         return {"epoch": self.epoch, "pos": self.pos, "skipped": dict(self.skipped),
                 "tokens_this_epoch": self.tokens_this_epoch, "batches": self.batches,
-                "rows": [r.state_dict() for r in self.rows], "tail": self.tail.state_dict(),
-                "buffer": tokens_to_tensor(self.buffer[:self.count]),
-                "buffer_docs": torch.from_numpy(self.buffer_docs[:self.count].copy()),
-                "mix": dict(self.mix), "block_docs": torch.tensor(sorted(self.block_docs), dtype=torch.int64),
-                **({"last_docs": torch.from_numpy(self.last_docs.copy())} if self.last_docs is not None else {})}
+                "rows": [r.state_dict() for r in self.rows], **self.buffer.state_dict(), **self.mix.state_dict()}
 
     def _documents(self):
         if getattr(self.ds, "streaming", False):  # .jsonl.zst
@@ -1895,87 +2204,50 @@ class TrainStream:
         """Top the buffer up to shuffle_tokens (at least one batch), never past one epoch of documents (a
         small corpus is not repeated inside the buffer). A buffer larger than FIRST_FILL grows by at most
         4 windows per window drawn, so that no step, the first included, waits long for it."""
-        bs = self.block_size
+        bs, buf = self.block_size, self.buffer
         capacity = max(self.batch_size, self.shuffle_tokens // bs)
         target = min(capacity, max(self.batch_size, FIRST_FILL // bs + 4 * self.batches * self.batch_size))
-        while self.count < target:
-            room = min(target - self.count, (len(self.tail) - 1) // bs) if len(self.tail) else 0
-            if room <= 0:
-                if self.count >= self.batch_size and self.place() - self.buffer_docs[:self.count].min() >= self.n_docs:
-                    return  # the buffer spans a whole epoch
-                self.read_into(self.tail)
-                continue
-            windows, docs = self.tail.cut(room, bs)
-            if self.count + room > len(self.buffer):  # grow (doubling), never past the target
-                more = min(target, max(2 * len(self.buffer), self.count + room)) - self.count
-                self.buffer = np.concatenate([self.buffer[:self.count], np.empty((more, bs + 1), np.uint16)])
-                self.buffer_docs = np.concatenate([self.buffer_docs[:self.count], np.empty(more, np.int64)])
-            self.buffer[self.count:self.count + room], self.buffer_docs[self.count:self.count + room] = windows, docs
-            self.count += room
-
-    def draw(self):
-        """batch_size windows drawn at random from the buffer without replacement (seeded by the data
-        seed, the rank and the batch number); the last window of the buffer takes each one's place."""
-        u = np.random.default_rng([self.seed, self.rank, self.batches]).random(self.batch_size)
-        windows = np.empty((self.batch_size, self.block_size + 1), np.uint16)
-        docs = np.empty(self.batch_size, np.int64)
-        for r in range(self.batch_size):
-            j = int(u[r] * self.count)
-            windows[r], docs[r] = self.buffer[j], self.buffer_docs[j]
-            self.count -= 1
-            self.buffer[j], self.buffer_docs[j] = self.buffer[self.count], self.buffer_docs[self.count]
-        return windows, docs
+        while buf.count < target:
+            room = min(target - buf.count, (len(buf.tail) - 1) // bs) if len(buf.tail) else 0
+            if room > 0:
+                buf.add_from_tail(room, most=target)
+            elif buf.count >= self.batch_size and self.place() - buf.docs[:buf.count].min() >= self.n_docs:
+                return  # the buffer spans a whole epoch
+            else:
+                self.read_into(buf.tail)
 
     def next_batch(self):
         """-> x, y: (batch_size, block_size) int64 tensors; y is x shifted by one token."""
-        if self.shuffle_tokens:
+        if self.shuffle_tokens:  # rows drawn at random from the buffer, seeded by (data seed, rank, batch number)
             self.fill()
-            windows, docs = self.draw()
+            windows, docs = self.buffer.draw(np.random.default_rng([self.seed, self.rank, self.batches])
+                                             .random(self.batch_size))
         else:  # per-row streams: the emptiest row (the first of equals) takes the next document
             while min(len(row) for row in self.rows) < self.block_size + 1:
                 self.read_into(min(self.rows, key=len))
             cuts = [row.cut(1, self.block_size) for row in self.rows]
             windows, docs = np.concatenate([w for w, _ in cuts]), np.concatenate([d for _, d in cuts])
-        self.count_mixing(docs)
+        self.batches += 1
+        self.mix.add(docs, self.batches)
         batch = torch.from_numpy(windows.astype(np.int64))
         x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
         if self.pin:
             x, y = x.pin_memory(), y.pin_memory()
         return x, y
 
-    def count_mixing(self, docs):
-        self.batches += 1
-        if self.last_docs is not None:
-            self.mix["repeats"] += int((docs == self.last_docs).sum())
-            self.mix["rows"] += len(docs)
-        self.last_docs = docs
-        self.block_docs.update(docs.tolist())
-        if self.batches % 50 == 0:
-            self.mix["blocks"] += 1
-            self.mix["distinct"] += len(self.block_docs)
-            self.block_docs = set()
-
     def mixing(self):
-        """How far the order is from i.i.d., measured on the batches so far: the share of batch rows whose
-        document (that of the row's first token) is the one the same row had at the step before, and the
-        distinct documents per 50 consecutive steps (None before the first 50)."""
-        m = self.mix
-        return {"doc_repeat": m["repeats"] / m["rows"] if m["rows"] else None,
-                "docs_per_50_steps": m["distinct"] / m["blocks"] if m["blocks"] else None,
-                "steps": self.batches}
+        """How far the order is from i.i.d., measured on the batches so far (Mixing): the share of batch rows
+        whose document is the one the same row had at the step before, and the distinct documents per 50
+        consecutive steps (None before the first 50)."""
+        return self.mix.measured(self.batches)
 
     def expected_mixing(self):
-        """The same two measures expected of the buffer as it is now (filled first if empty), for draws with
-        replacement: a row repeats the step before's document with probability sum(p_d^2), p_d the share
-        of the buffer's windows from document d, and 50 steps see sum(1 - (1 - p_d)^(50 batch_size))
-        documents. None for per-row streams: there only the measured values say it."""
+        """The same two measures expected of the buffer as it is now (filled first if empty; see
+        ShuffleBuffer.expected_mixing). None for per-row streams: there only the measured values say it."""
         if not self.shuffle_tokens:
             return None
         self.fill()
-        p = np.unique(self.buffer_docs[:self.count], return_counts=True)[1] / self.count
-        return {"doc_repeat": float((p ** 2).sum()),
-                "docs_per_50_steps": float((1 - (1 - p) ** (50 * self.batch_size)).sum()),
-                "buffer_windows": self.count, "buffer_docs": len(p)}
+        return self.buffer.expected_mixing(self.batch_size)
 
     def close(self):
         if self.loader is not None:
@@ -2169,7 +2441,7 @@ class KVCache:
 
 
 # -----------------------------------------------------------------------------
-# Devices, checkpoints, logs
+# Devices and precision
 
 def pick_device(name):
     if name == "auto":
@@ -2209,192 +2481,6 @@ def autocast_context(device, dtype):
     if dtype == "float32":
         return nullcontext()
     return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
-
-
-def save_checkpoint(path, ckpt, keep_as=None):
-    """Write to a temporary file, fsync, then rename over the old one: a kill at any moment leaves
-    either the previous checkpoint or the new one, never a torn file. keep_as: first give the previous
-    checkpoint this second name (a hard link; a copy where links are not supported)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if keep_as is not None and path.is_file() and not Path(keep_as).exists():
-            try:
-                os.link(path, keep_as)
-            except OSError:
-                import shutil
-                shutil.copyfile(path, f"{keep_as}.tmp")
-                os.replace(f"{keep_as}.tmp", keep_as)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write checkpoint {path}: {e.strerror or e} (the previous one is intact)")
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass  # some file systems cannot fsync a folder
-
-
-def load_checkpoint(path, device="cpu"):
-    """torch.load with weights_only=True: loading never runs code from the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise UserError(f"cannot read checkpoint {path}: corrupted, truncated or not a PyTorch checkpoint "
-                        f"({type(e).__name__})") from None
-    if (not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt)
-            or not isinstance(ckpt["model"], dict) or not isinstance(ckpt["config"], dict)):
-        raise UserError(f"{path} is not a gpt-ablate checkpoint (no model and config in it)")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt, device="cpu"):
-    """Rebuild the exact model (any switch combination) from a checkpoint's config and weights."""
-    known = {k: v for k, v in ckpt["config"].items() if k in CONFIG_FIELDS}
-    try:
-        cfg = Config(**known)
-        check_config(cfg)
-        model = GPT(cfg)
-    except (UserError, TypeError, ValueError, ZeroDivisionError) as e:
-        raise UserError(f"the checkpoint's config cannot build a model: {e}") from None
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise UserError(f"checkpoint weights do not fit its config: {str(e).splitlines()[0]}") from None
-    return model.to(device), cfg
-
-
-def require_trackers(cfg):
-    """TensorBoard and W&B are optional packages: one clear line if one is asked for and not installed."""
-    if cfg.tensorboard:
-        try:
-            import torch.utils.tensorboard  # noqa: F401
-        except ImportError:
-            raise UserError("--tensorboard=True needs the tensorboard package: pip install tensorboard") from None
-    if cfg.wandb != "off":
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise UserError(f"--wandb={cfg.wandb} needs the wandb package: pip install wandb") from None
-
-
-# log.txt's numbers as TensorBoard / W&B scalars: {event: {row key: tag}}
-TRACKED = {"train": {"train_nll": "train/nll", "lr": "train/lr", "tokens_per_s": "train/tokens_per_s",
-                     "mfu": "train/mfu"},
-           "eval": {"val_nll": "val/nll", "val_nll_se": "val/nll_se", "val_bpb": "val/bpb"}}
-
-
-def config_markdown(config):
-    return "| key | value |\n|---|---|\n" + "\n".join(f"| {k} | `{v!r}` |" for k, v in config.items())
-
-
-class TensorBoardLog:
-    """Event files in the run's folder (`tensorboard --logdir out` shows every run by its folder); x = step."""
-
-    def __init__(self, out, purge_step=None):
-        from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(log_dir=str(out), purge_step=purge_step)
-
-    def log(self, event, step, row):
-        if event == "start":
-            self.writer.add_text("config", config_markdown(row["config"]), step)
-        for key, tag in TRACKED.get(event, {}).items():
-            self.writer.add_scalar(tag, row[key], step)
-
-    def flush(self):
-        self.writer.flush()
-
-    def close(self):
-        self.writer.close()
-
-
-class WandbLog:
-    """A Weights & Biases run (offline: files under out/wandb/, uploaded later with `wandb sync`); x = step.
-    run_id: the W&B run that a resumed run continues (saved in its checkpoints)."""
-
-    def __init__(self, cfg, out, run_id=None):
-        import wandb
-        try:
-            self.run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or cfg.out_dir, id=run_id,
-                                  resume="allow", mode=cfg.wandb, dir=str(out), config=dataclasses.asdict(cfg))
-        except Exception as e:  # e.g. online without a network or a login
-            raise UserError(f"W&B could not start a run ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                            "; on a node without internet use --wandb=offline, then wandb sync") from None
-        self.id = self.run.id
-
-    def log(self, event, step, row):
-        scalars = {tag: row[key] for key, tag in TRACKED.get(event, {}).items()}
-        if scalars:
-            self.run.log(scalars, step=step)
-
-    def flush(self):
-        pass  # (W&B writes as it goes)
-
-    def close(self):
-        self.run.finish()
-
-
-def read_log(path):
-    """log.txt -> list of event dicts. A torn last line (killed run) is skipped."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
-
-
-def format_seconds(s):
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-@torch.no_grad()
-def evaluate(model, windows, batch_size, device, ctx, byte_lengths, doc_of=None):
-    """(mean NLL in nats/token, bits per byte, standard error of the mean NLL) of the validation windows
-    (n, T+1). The standard error is the evaluation's own noise, how much the number would move with
-    another sample of text like it: by document (doc_of: the document of each window; windows of one
-    document share its noise), or, without doc_of, over windows as if each were independent."""
-    model.eval()
-    per_window, total_bytes = [], 0
-    for i in range(0, len(windows), batch_size):
-        w = windows[i:i + batch_size]
-        x, y = w[:, :-1].to(device), w[:, 1:].to(device)
-        with ctx:
-            per_window.append(model(x, y, reduction="none").float().mean(dim=1).double().cpu())  # (b,)
-        total_bytes += int(byte_lengths[w[:, 1:].numpy()].sum())
-    model.train()
-    nll = torch.cat(per_window).numpy()  # every window has T targets: the mean over windows is the mean over tokens
-    se = clustered_se(nll, np.arange(len(nll)) if doc_of is None else doc_of)
-    total_nll = nll.sum() * (windows.size(1) - 1)
-    return float(nll.mean()), float(total_nll / math.log(2) / max(1, total_bytes)), se
-
-
-def clustered_se(values, clusters):
-    """Standard error of the mean of values whose noise is shared within clusters: the cluster-robust (CR1)
-    sqrt(G/(G-1) * sum_g (sum_{i in g} (x_i - mean))^2) / n over G clusters. With every value its own
-    cluster it is exactly std(ddof=1)/sqrt(n). NaN with fewer than two clusters."""
-    values = np.asarray(values, np.float64)
-    groups, index = np.unique(clusters, return_inverse=True)
-    if len(groups) < 2:
-        return math.nan
-    sums = np.bincount(index, weights=values - values.mean())
-    return float(math.sqrt(len(groups) / (len(groups) - 1) * (sums ** 2).sum()) / len(values))
 
 
 # -----------------------------------------------------------------------------
@@ -2622,6 +2708,6 @@ class Distributed:
                 "skipped": dict(ranks[0]["data"].get("skipped", {}))}
 
 
-
 if __name__ == "__main__":
     sys.exit(main())
+
