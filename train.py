@@ -487,7 +487,7 @@ def train(cfg, stop=None, ddp=None):
                     run.last_good = (run.step, train_nll)
                     rate, mfu = speed.window(run)  # tokens/s (training time only) since the last log line, MFU
                     log("train", run.step, tokens=run.tokens, elapsed=round(run.elapsed(), 3), lr=lr,
-                        train_nll=train_nll, tokens_per_s=round(rate, 1), mfu=round(mfu, 4))
+                        train_nll=train_nll, tokens_per_s=round(rate, 1), mfu=mfu and round(mfu, 4))
                     print_progress(cfg, run, ddp.world, train_nll, lr, rate, mfu)  # "step 10/200 | train nll ..."
                     run.loss_sum, run.loss_count = torch.zeros((), device=setup.device), 0
                 if run.step % cfg.eval_interval == 0 and not reason:  # (the final evaluation covers the end)
@@ -686,7 +686,8 @@ class Speed:
 
     def __init__(self, setup):
         self.flops_token, (self.peak, peak_from) = flops_per_token(setup.model), peak_flops(setup.device, setup.dtype)
-        self.world = setup.ddp.world
+        self.world, self.device, self.dtype = setup.ddp.world, setup.device, setup.dtype
+        self.measured = peak_from.startswith("measured")  # (a datasheet peak is never re-measured)
         print(f"speed: {self.flops_token / 1e6:,.1f} MFLOP per token; peak {self.peak / 1e12:,.2f} TFLOP/s "
               f"per device ({peak_from})")
 
@@ -697,11 +698,21 @@ class Speed:
         """(tokens/s, MFU) since start() or the last window."""
         now, overhead = time.time(), run.overhead()
         rate = (run.tokens - self.tokens) / max(1e-9, now - self.t - (overhead - self.overhead))
-        self.t, self.tokens, self.overhead = now, run.tokens, overhead
+        if self.measured and rate * self.flops_token > self.peak * self.world:
+            # the model ran faster than the peak measured at start-up: that probe read low (another job was
+            # running then), so measure again now; the probe's time is not training time
+            t0 = time.time()
+            self.peak = max(self.peak, measure_matmul_flops(self.device, self.dtype, again=True))
+            run.times["probe"] += time.time() - t0
+            overhead = run.overhead()
+        self.t, self.tokens, self.overhead = time.time(), run.tokens, overhead
         return rate, self.mfu(rate)
 
     def mfu(self, rate):
-        return rate * self.flops_token / (self.peak * self.world)
+        """The model FLOPs of `rate` tokens/s against the peak; None (not a number to print) when they exceed
+        it, which means the measured peak is too low, never a utilization above 100%."""
+        mfu = rate * self.flops_token / (self.peak * self.world)
+        return mfu if mfu <= 1 else None
 
 
 def print_progress(cfg, run, world, train_nll, lr, rate, mfu):
@@ -711,7 +722,7 @@ def print_progress(cfg, run, world, train_nll, lr, rate, mfu):
     if run.max_time is not None:
         eta = min(eta, max(0.0, run.max_time - run.elapsed()))
     print(f"step {run.step}/{target} | train nll {train_nll:.4f} | lr {lr:.2e} | "
-          f"{rate:,.0f} tok/s | mfu {mfu:.1%} | eta {format_seconds(eta)}", flush=True)
+          f"{rate:,.0f} tok/s | mfu {'n/a' if mfu is None else f'{mfu:.1%}'} | eta {format_seconds(eta)}", flush=True)
 
 
 def evaluate_and_log(held_out, setup, run, log):
@@ -1196,7 +1207,8 @@ class TensorBoardLog:
         if event == "start":
             self.writer.add_text("config", config_markdown(row["config"]), step)
         for key, tag in TRACKED.get(event, {}).items():
-            self.writer.add_scalar(tag, row[key], step)
+            if row.get(key) is not None:  # (mfu is None when the measured peak was too low)
+                self.writer.add_scalar(tag, row[key], step)
 
     def flush(self):
         self.writer.flush()
@@ -1220,7 +1232,7 @@ class WandbLog:
         self.id = self.run.id
 
     def log(self, event, step, row):
-        scalars = {tag: row[key] for key, tag in TRACKED.get(event, {}).items()}
+        scalars = {tag: row[key] for key, tag in TRACKED.get(event, {}).items() if row.get(key) is not None}
         if scalars:
             self.run.log(scalars, step=step)
 
@@ -2525,11 +2537,12 @@ def flops_per_token(model):
     return 6 * matmul_weights + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
 
 
-def measure_matmul_flops(device, dtype, seconds=0.25):
+def measure_matmul_flops(device, dtype, seconds=0.25, again=False):
     """FLOP/s of a square matmul in dtype on this device (best of short timed bursts), cached per process:
-    the peak of a CPU, whose achievable matmul speed no datasheet gives."""
+    the peak of a CPU, whose achievable matmul speed no datasheet gives. A busy machine reads low: again=True
+    measures once more and keeps the higher of the two."""
     key = (device, dtype, torch.get_num_threads())
-    if key not in _measured_peaks:
+    if key not in _measured_peaks or again:
         n = 1024 if device == "cpu" else 8192
         g = torch.Generator(device=device).manual_seed(0)  # not the global RNG: dropout and resume use it
         a = torch.randn(n, n, device=device, generator=g).to(getattr(torch, dtype))
@@ -2547,7 +2560,7 @@ def measure_matmul_flops(device, dtype, seconds=0.25):
             dt = time.perf_counter() - t0
             best = max(best, 2 * n ** 3 * reps / dt)
             reps *= 2 if dt < 0.02 else 1
-        _measured_peaks[key] = best
+        _measured_peaks[key] = max(best, _measured_peaks.get(key, 0.0))
     return _measured_peaks[key]
 
 
