@@ -1,16 +1,21 @@
 """
-ablate.py - run an ablation study: every experiment of a design x seeds, with the learning rate (or any
-config key) tuned per arm (--tune), at several model sizes (--scale), with per-size token budgets, N runs
-at once (--jobs), resumable, or as dependent SLURM job arrays (--print-slurm, --submit, --task/--stage).
+ablate.py - run an ablation or a study: every experiment of a design x N seeds (seeds 1..N) into
+OUT/<experiment>/seed<k>/, then the report (plot.py); optionally with the learning rate (or any config key)
+tuned per arm (--tune), at several model sizes (--scale), with per-size token budgets or one wall-clock budget
+(--budget), N runs at once (--jobs), resumable, or as SLURM job arrays (--print-slurm, --submit, --task).
 
-    bash ablate.sh --switches rope --tune learning_rate=1e-3,3e-3,1e-2 --tune_docs=20 \\
-        --scale n_embd=32,64 --seeds 2 --jobs 2 --out out/study config/cpu_ablation.py
+    python ablate.py --seeds 3 --out out/ablate config/baseline.py                    # an ablation
+    python ablate.py --switches rope --tune learning_rate=1e-3,3e-3,1e-2 --tune_docs=20 \\
+        --scale n_embd=32,64 --seeds 2 --jobs 2 --out out/study config/cpu_ablation.py  # a study
 
-ablate.sh hands every command with a study option (--tune, --tune-seeds, --tune-max-extend, --warmup-frac,
---scale, --tokens, --tokens-per-param, --jobs, --experiments, --stage, --submit) to this file; plain ablations
-stay in ablate.sh.
-Three jobs, three files: train.py trains one run, this file runs a study (stages, sizes, budgets, arrays,
-resume), plot.py reads the results (statistics, figures, report) and makes the designs (--print-design).
+Three jobs, three files: train.py trains one run; this file runs ablations and studies (the designs, stages,
+sizes, budgets, arrays, resume); plot.py reads the results (statistics, figures, reports). The experiments
+come from train.py's switch registry (the designs below), so a new switch needs no edit here. This file is the
+one place that maps a job array's task index to a run; slurm/ablate.sbatch calls `python ablate.py --task
+$SLURM_ARRAY_TASK_ID ...`. Every argument that is not an option here goes to train.py unchanged (same data,
+validation set, token budget and settings for every run); after them each run gets --out_dir, --seed and every
+switch explicitly (--use_x=True/False, plus --KEY=VALUE for a value switch that is on), so a config file cannot
+leak a switch into the baseline.
 
 A study, per size: the tuning stage runs every arm at every --tune value with the tuning seeds
 (1001, 1002 by default: never a comparison seed), evaluated on the tuning set (train.py --eval_set=tune: the
@@ -21,7 +26,8 @@ at most --tune-max-extend values per side), so the choice is inside the values t
 then runs every arm at its chosen value with seeds 1..N on the validation set. warmup_iters follows each
 size's steps (--warmup-frac; by default the config's own fraction), unless given. Layout:
 
-    OUT/study.json, OUT/design.json                          the study, written once; another is refused
+    OUT/design.json                                          the design, written once; another is refused
+    OUT/study.json                                           a study's (--tune, --scale) spec; another is refused
     OUT/[SIZE/]tune/<experiment>/<KEY>=<value>/seed<k>/     tuning runs (SIZE = n_layer=2+n_embd=64)
     OUT/[SIZE/]choice.json                                   per arm: values tried (round, why), scores, choice,
                                                              its margin and noise, why it stayed on an edge
@@ -31,6 +37,7 @@ size's steps (--warmup-frac; by default the config's own fraction), unless given
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -53,6 +60,7 @@ TUNE_SEEDS = 2             # tuning seeds per value by default: every choice has
 MAX_EXTEND = 3             # values tried beyond the grid on a side at most, by default (--tune-max-extend)
 EXIT_NAN, EXIT_STOPPED = train.EXIT_NAN, train.EXIT_PREEMPTED
 MANAGED = ("out_dir", "seed", "resume", "eval_set")   # set per run by this file
+VALUE_RE = re.compile(r"[A-Za-z0-9._+-]+")           # a --switch, --tune or --scale value (part of a folder name)
 
 
 class UsageError(Exception):
@@ -82,12 +90,12 @@ def get_args(argv):
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):
-            raise UsageError(message)
+            m = re.fullmatch(r"argument (--[\w-]+).*: expected one argument", message)
+            raise UsageError(f"{m.group(1)} needs a value" if m else message)
 
-    p = Parser(prog="bash ablate.sh", allow_abbrev=False, add_help=False,
-               usage="bash ablate.sh [ablate.sh options] [--tune KEY=v1,v2,..] [--scale KEY=v1,v2,..] "
-                     "[--tokens t1,t2,.. | --tokens-per-param R | --budget D] [--jobs N] [config/X.py] [--key=value ...]")
+    p = Parser(prog="python ablate.py", allow_abbrev=False, add_help=False)
     p.add_argument("-h", "--help", action="store_true")
+    p.add_argument("--list-switches", action="store_true")
     p.add_argument("--design")
     p.add_argument("--switches")
     p.add_argument("--switch", action="append", default=[])
@@ -148,7 +156,7 @@ def parse_grid(spec, opt, unique=True):
     if key in MANAGED + ("tune_docs", "data_seed", "max_iters", "max_time"):
         raise UsageError(f"{opt} {spec}: {key} is set by the study itself and cannot be varied")
     for v in values:
-        if not re.fullmatch(r"[A-Za-z0-9._+-]+", v):
+        if not VALUE_RE.fullmatch(v):
             raise UsageError(f"{opt} {spec}: the value '{v}' may only use the characters A-Z a-z 0-9 . _ + -")
         try:
             train.coerce(key, v, opt)
@@ -164,11 +172,118 @@ def arg_key(a):  # the config key of a train.py argument (--out-dir=x -> out_dir
 
 
 # -----------------------------------------------------------------------------
+# designs: which experiments an ablation runs (the one place they are defined; OUT/design.json records them)
+#   one-at-a-time  baseline, each switch alone, all (every chosen switch on); reference: baseline
+#   leave-one-out  all, then no_<x> = all without x for each x; reference: all
+#   factorial      every combination ("baseline", "a+b", ..., "all"); reference: baseline
+# The switches come from train.py's registry (train.SWITCHES); default: those declared with ablate=True, in
+# declaration order. A value switch (--switch KEY=VALUE) is on as --KEY=VALUE, off as the config's value. Every
+# experiment sets every registered switch explicitly (--use_x=True/False), so a config file can never leak one
+# in. design.json: {"design", "reference", "switches": [{"name", "key", "on", "off"}], "experiments": [{"name",
+# "on": [switch names], "args": [...]}]}, experiments in task order.
+
+DESIGNS = ("one-at-a-time", "leave-one-out", "factorial")
+REFERENCE = {"one-at-a-time": "baseline", "leave-one-out": "all", "factorial": "baseline"}
+SWITCH_MANAGED = ("out_dir", "seed", "resume", "data_seed")  # never a value switch
+
+
+def registered_switches():
+    """{switch name: config key} from train.py, in declaration order."""
+    return dict(train.SWITCHES)
+
+
+def default_switch_names():
+    """The registered switches declared with ablate=True, in declaration order."""
+    return [n for n, k in train.SWITCHES.items() if train.CONFIG_FIELDS[k].metadata.get("ablate", True)]
+
+
+def parse_value_switch(spec):
+    """'KEY=VALUE' -> {"name", "key", "on", "off": None}; UsageError on a bad key or value."""
+    key, eq, text = spec.partition("=")
+    key = key.strip().lstrip("-").replace("-", "_")
+    if not eq or not key or not text:
+        raise UsageError(f"--switch expects KEY=VALUE, got '{spec}'")
+    if key in train.SWITCHES.values():
+        name = key.removeprefix("use_")
+        raise UsageError(f"--switch {spec}: {key} is a registered switch; choose it with --switches {name}")
+    if key in SWITCH_MANAGED:
+        raise UsageError(f"--switch {spec}: {key} is set by ablate.py itself and cannot be a switch "
+                         f"(managed keys: {', '.join(SWITCH_MANAGED)})")
+    if not VALUE_RE.fullmatch(text):
+        raise UsageError(f"--switch {spec}: the value may only use the characters A-Z a-z 0-9 . _ + -")
+    try:
+        value = train.coerce(key, text, "--switch")
+    except train.UserError as e:
+        raise UsageError(str(e)) from None
+    return {"name": f"{key}={text}", "key": key, "on": value, "off": None}
+
+
+def choose_switches(names=None, values=()):
+    """The switches of a design: registered ones (names: list, or None for the default set) followed by
+    value switches ('KEY=VALUE' strings). Returns [{"name", "key", "on", "off"}]; UsageError when bad."""
+    registry = registered_switches()
+    names = default_switch_names() if names is None else names
+    out, seen_keys = [], set()
+    for name in names:
+        if name not in registry:
+            raise UsageError(f"unknown switch '{name}' (registered switches: {', '.join(registry)})")
+        if registry[name] in seen_keys:
+            raise UsageError(f"switch '{name}' is listed twice")
+        seen_keys.add(registry[name])
+        out.append({"name": name, "key": registry[name], "on": True, "off": False})
+    for spec in values:
+        sw = parse_value_switch(spec)
+        if sw["key"] in seen_keys:
+            raise UsageError(f"--switch {spec}: {sw['key']} is given twice")
+        seen_keys.add(sw["key"])
+        out.append(sw)
+    if not out:
+        raise UsageError("no switches chosen (give --switches and/or --switch KEY=VALUE)")
+    return out
+
+
+def experiment_args(on, switches):
+    """Command-line args of one experiment: every registered switch explicitly True/False, then
+    --KEY=VALUE for each value switch that is on."""
+    on = set(on)
+    bool_on = {s["key"] for s in switches if s["off"] is not None and s["name"] in on}
+    args = [f"--{key}={key in bool_on}" for key in registered_switches().values()]
+    args += [f"--{s['name']}" for s in switches if s["off"] is None and s["name"] in on]
+    return args
+
+
+def make_design(design="one-at-a-time", switches=None):
+    """The experiments of a design as a json-ready dict (design.json; see above)."""
+    if design not in DESIGNS:
+        raise UsageError(f"unknown design '{design}' (designs: {', '.join(DESIGNS)})")
+    switches = choose_switches() if switches is None else switches
+    names = [s["name"] for s in switches]
+    m = len(names)
+    full = "all" if m > 1 else names[0]
+    if design == "one-at-a-time":
+        exps = [("baseline", [])] + [(n, [n]) for n in names] + [("all", names)]
+    elif design == "leave-one-out":
+        exps = [("all", names)] + [(f"no_{n}", [x for x in names if x != n]) for n in names]
+    else:
+        exps = []
+        for r in range(m + 1):
+            for combo in itertools.combinations(names, r):
+                name = "baseline" if r == 0 else full if r == m else "+".join(combo)
+                exps.append((name, list(combo)))
+    experiments, seen = [], set()
+    for name, on in exps:  # no duplicates (one switch: "all" is that switch)
+        if frozenset(on) in seen:
+            continue
+        seen.add(frozenset(on))
+        experiments.append({"name": name, "on": on, "args": experiment_args(on, switches)})
+    return {"design": design, "reference": REFERENCE[design], "switches": switches, "experiments": experiments}
+
+
+# -----------------------------------------------------------------------------
 # the study: design, sizes, tuning grid, budgets (everything that study.json records)
 
 def make_study(args):
-    import plot   # the designs (plot.py --print-design)
-    seeds = positive_int(args.seeds, "--seeds", limit=TUNE_SEED0)
+    seeds = positive_int(args.seeds, "--seeds", limit=TUNE_SEED0 if args.tune else None)
     tune_seeds = positive_int(args.tune_seeds or TUNE_SEEDS, "--tune-seeds", limit=1000)
     max_extend = args.tune_max_extend or str(MAX_EXTEND)
     if not re.fullmatch(r"\d+", max_extend) or int(max_extend) > 20:
@@ -178,8 +293,8 @@ def make_study(args):
         raise UsageError("--out must not be empty")
     names = None if args.switches is None else [s.strip() for s in args.switches.split(",") if s.strip()]
     try:
-        design = plot.make_design(args.design or "one-at-a-time", plot.choose_switches(names, args.switch))
-    except plot.UsageError as e:
+        design = make_design(args.design or "one-at-a-time", choose_switches(names, args.switch))
+    except UsageError as e:
         raise UsageError(f"design: {e}") from None
     if args.experiments:  # a subset of the design's experiments, e.g. baseline,rope,all
         keep = [n.strip() for n in args.experiments.split(",") if n.strip()]
@@ -228,12 +343,14 @@ def make_study(args):
     for a in train_args:
         k = arg_key(a)
         if k in MANAGED:
-            raise UsageError(f"the study sets --{k} itself (got '{a}'); use --out DIR / --seeds N")
+            raise UsageError(f"ablate.py sets --{k} itself (got '{a}'); use --out DIR / --seeds N")
         if k in train.SWITCHES.values():
-            raise UsageError(f"the study sets the switches itself, per experiment (got '{a}'); "
+            raise UsageError(f"ablate.py sets the switches itself, per experiment (got '{a}'); "
                              "choose them with --design/--switches/--switch")
         if k in keys:
             raise UsageError(f"{k} is set per size by --scale; do not also give '{a}'")
+        if rules == ["--budget"] and k == "max_time":
+            raise UsageError(f"--budget replaces max_time (one step count for all arms); do not also give '{a}'")
         if rules and k in ("max_iters", "max_time"):
             raise UsageError(f"{rules[0]} sets max_iters for every run; do not also give '{a}'")
     # every size's effective config (the baseline arm): checks the arguments once, gives params and FLOPs
@@ -270,10 +387,16 @@ def make_study(args):
         budget.update(rule="budget", duration=args.budget)
     else:
         budget["max_iters"] = [c.max_iters for c in cfgs]
+        max_time = [a.partition("=")[2] for a in train_args if arg_key(a) == "max_time"]
+        if max_time and max_time[-1] not in ("", "0") and max_time[-1].lower() != "none":
+            say(f"warning: with --max_time={max_time[-1]} each arm turns its own speed into a step count, so the "
+                f"arms train on different numbers of tokens; use --budget {max_time[-1]} for one step count shared "
+                "by every arm")
     if "max_iters" in budget:
         budget["tokens"] = [m * n for m, n in zip(budget["max_iters"], tokens_per_step)]
     tuned = bool(tune) and tune["key"] == "warmup_iters"
-    explicit = tuned or "warmup_iters" in keys + [arg_key(a) for a in train_args]
+    explicit = tuned or "warmup_iters" in keys + [arg_key(a) for a in train_args] or \
+        not (tune or scale or args.warmup_frac)   # a plain ablation keeps the config's warmup_iters
     budget["warmup"] = warmup_rule(args.warmup_frac, cfgs, budget.get("max_iters"), explicit, tuned)
     study = {"design": design, "seeds": seeds, "tune": tune, "sizes": sizes, "budget": budget,
              "train_args": train_args}
@@ -383,34 +506,58 @@ class Study:
         cmd += [f"--out_dir={run.dir}", f"--seed={run.seed}", *run.exp["args"], *self.budget_args(run.size)]
         return cmd + (["--resume=auto"] if run.state() == "resume" else [])
 
-    # --- study.json / design.json: written once, another study in the same folder refused ------
+    # --- design.json (and a study's study.json): written once, another design or study in the folder refused ---
     def check_folder(self, write):
-        def same_design(a, b):
-            return (a.get("design"), [(e["name"], e["args"]) for e in a.get("experiments", [])]) == \
-                   (b.get("design"), [(e["name"], e["args"]) for e in b.get("experiments", [])])
-        want = self.spec
-        path = self.out / "study.json"
+        """A plain ablation is its design (design.json) and budget (budget.json): more seeds or other train.py
+        arguments may follow in the same folder. A study (--tune, --scale) is all of study.json."""
+        want, out = self.spec, self.out
+        dpath, path = out / "design.json", out / "study.json"
         if path.is_file():
             have = json.loads(path.read_text())
             differ = [k for k in ("seeds", "tune", "sizes", "budget", "train_args") if have.get(k) != want[k]]
-            if not same_design(have.get("design", {}), want["design"]):
+            if design_key(have["design"]) != design_key(want["design"]):
                 differ.insert(0, "design")
             if differ:
                 raise UsageError(f"{path} holds another study (it differs in: {', '.join(differ)}); one folder "
                                  "for both would mix results: repeat the same command, or use a new --out")
-        dpath = self.out / "design.json"
-        if dpath.is_file() and not same_design(json.loads(dpath.read_text()), want["design"]):
-            raise UsageError(f"{dpath} holds another design than the one requested; pass the same "
-                             "--design/--switches/--switch as before, or a new --out")
-        if not path.is_file() and not self.tune and not self.scaled and \
-                any(r.state() != "new" for r in self.runs) and not dpath.is_file():
-            raise UsageError(f"{self.out} already holds runs but no study.json/design.json: use a new --out")
+        if dpath.is_file():
+            try:
+                have = json.loads(dpath.read_text())
+                same = design_key(have) == design_key(want["design"])
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise UsageError(f"cannot read {dpath} ({e}); delete it only if no runs of another design are in "
+                                 f"{out}") from None
+            if not same:
+                raise UsageError(f"{dpath} holds another design ({design_summary(have)}) than the one requested "
+                                 f"({design_summary(want['design'])}); one folder for both would mix results: pass "
+                                 "the same --design/--switches/--switch as before, or a new --out")
+        if not path.is_file() and not self.tune and not self.scaled and not dpath.is_file() and any(r.state() != "new" for r in self.runs):
+            raise UsageError(f"{out} already holds runs but no design.json: use a new --out")
+        for i in range(len(self.sizes)):
+            budget_json, where = self.size_dir(i) / "budget.json", self.size_dir(i)
+            if self.budget["rule"] != "budget" and budget_json.is_file():
+                raise UsageError(f"{where} holds a --budget ablation ({budget_json}: --budget "
+                                 f"{json.loads(budget_json.read_text()).get('budget')}): pass the same --budget, "
+                                 "or a new --out")
+            if self.budget["rule"] == "budget" and not budget_json.is_file() and \
+                    any(r.state() != "new" for r in self.runs if r.size == i):
+                raise UsageError(f"{where} already holds runs made without --budget (no {budget_json}); their step "
+                                 "counts differ: use a new --out")
         if write:
-            self.out.mkdir(parents=True, exist_ok=True)
+            out.mkdir(parents=True, exist_ok=True)
             if not dpath.is_file():
                 write_json(dpath, self.design)
-            if not path.is_file():
+            if (self.tune or self.scaled) and not path.is_file():
                 write_json(path, {**want, "created": now_iso()})
+
+
+def design_key(d):
+    """What makes two designs the same: the kind and each experiment's name and arguments (not the layout)."""
+    return d["design"], [(e["name"], e["args"]) for e in d["experiments"]]
+
+
+def design_summary(d):  # "leave-one-out: all, no_rope, no_swiglu"
+    return f"{d.get('design')}: {', '.join(str(e.get('name')) for e in d.get('experiments', []))}"
 
 
 def now_iso():
@@ -613,18 +760,29 @@ class StudyError(Exception):
 # -----------------------------------------------------------------------------
 # budgets: --budget calibrates one step count per size from speed probes (the slowest arm's)
 
-def probe(st, i, exp, duration, max_iters=None):
+def probe(st, i, exp, duration, max_iters=None, what=None):
     """Steps of size i, experiment exp that fit in duration on this machine (train.py --steps-in)."""
-    run = Run(st, i, "compare", exp, 1)
+    if SIGNALS.requested:
+        raise StudyError(EXIT_STOPPED, "stop requested by a signal; no speed probe started")
+    what = what or f"speed probe of {Run(st, i, 'compare', exp, 1).label}"
     cmd = [PY, script("train.py"), *st.spec["train_args"], *[f"--{k}={v}" for k, v in st.sizes[i]["args"].items()],
            "--seed=1", *exp["args"], *([f"--max_iters={max_iters}", "--max_time="] if max_iters else []),
            f"--steps-in={duration}"]
+    say(f"$ {quote(cmd)}")
     env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if st.jobs > 1 and "OMP_NUM_THREADS" not in os.environ else {})}
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [ln.strip() for ln in r.stdout.splitlines() if ln.strip()]
-    if r.returncode != 0 or not lines or not lines[-1].isdigit():
-        err = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        raise StudyError(r.returncode or 1, f"speed probe of {run.label} failed (exit code {r.returncode}): {err}")
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    SIGNALS.children.add(p)
+    try:
+        stdout, stderr = p.communicate()
+    finally:
+        SIGNALS.children.discard(p)
+    rc = p.returncode if p.returncode >= 0 else 128 - p.returncode
+    lines = [ln.strip() for ln in stdout.splitlines() if ln.strip()]
+    if SIGNALS.requested and (rc or not lines):
+        raise StudyError(EXIT_STOPPED, f"stop requested by a signal during the {what}")
+    if rc != 0 or not lines or not lines[-1].isdigit():
+        err = (stderr.strip().splitlines() or ["no output"])[-1]
+        raise StudyError(rc or 1, f"{what} failed with exit code {rc} ({describe_rc(rc)}): {err}")
     return int(lines[-1])
 
 
@@ -643,10 +801,17 @@ def calibrate(st, i):
     path, dur = st.size_dir(i) / "budget.json", st.budget["duration"]
     if path.is_file():
         have = json.loads(path.read_text())
+        n = have.get("max_iters")
+        if not isinstance(n, int) or n <= 0:
+            raise StudyError(2, f"{path} has no usable max_iters; delete it to calibrate again")
         if have.get("budget") != dur:
-            raise StudyError(2, f"{path} was calibrated for --budget {have.get('budget')}, not --budget {dur}: "
-                                "pass the same --budget, or a new --out")
-        return have["max_iters"]
+            raise StudyError(2, f"{path} was calibrated for --budget {have.get('budget')} (max_iters={n}), not "
+                                f"--budget {dur}; runs with different budgets in one folder would mix results: "
+                                f"pass --budget {have.get('budget')}, or a new --out")
+        if have.get("train_args", st.spec["train_args"]) != st.spec["train_args"]:
+            say(f"warning: {path} was calibrated with other train.py arguments; delete it to calibrate again if "
+                "they change the speed")
+        return n
     # One process calibrates (a job array's first task), holding [SIZE/].lock as train.py holds a run's folder
     # (a lock of a dead process on this host is taken over); the others wait for budget.json.
     limit, start, lock = float(os.environ.get("ABLATE_BUDGET_WAIT", 3600)), time.time(), path.with_name(".lock")
@@ -662,6 +827,8 @@ def calibrate(st, i):
             if not waiting:
                 say(f"waiting for {path}: another task is calibrating --budget {dur} (lock {lock})")
                 waiting = True
+            if SIGNALS.requested:
+                raise StudyError(EXIT_STOPPED, f"stop requested by a signal while waiting for {path}") from None
             if time.time() - start > limit:
                 raise StudyError(1, f"waited {limit:.0f}s for {path}; if the calibrating task died, remove "
                                     f"{lock} and rerun (ABLATE_BUDGET_WAIT sets the wait)") from None
@@ -669,17 +836,23 @@ def calibrate(st, i):
     try:
         if path.is_file():  # written by the task that held the lock before
             return calibrate(st, i)
-        per_arm, by_model = {}, shape_arms(st)
+        per_arm, by_model, at = {}, shape_arms(st), f" at {st.sizes[i]['name']}" if st.scaled else ""
+        say(f"--budget {dur}{at}: probing the speed of each arm on {os.uname().nodename} (train.py --steps-in={dur})")
         for e in st.exps:
             m = by_model[e["name"]]
-            per_arm[e["name"]] = per_arm[m["name"]] if m["name"] in per_arm else probe(st, i, e, dur)
-            say(f"budget{' at ' + st.sizes[i]['name'] if st.scaled else ''}: {e['name']} fits "
-                f"{per_arm[e['name']]} steps in {dur}")
+            if m["name"] in per_arm:
+                per_arm[e["name"]] = per_arm[m["name"]]
+                say(f"budget{at}: {e['name']} runs the same model as {m['name']} (only schedule switches differ): "
+                    f"{per_arm[e['name']]} steps")
+                continue
+            per_arm[e["name"]] = probe(st, i, e, dur, what=f"budget probe of arm {e['name']}")
+            if per_arm[e["name"]] <= 0:
+                raise StudyError(2, f"--budget {dur} is too short: arm {e['name']} fits 0 steps")
+            say(f"budget{at}: {e['name']} fits {per_arm[e['name']]} steps in {dur}")
         n = min(per_arm.values())
-        if n <= 0:
-            raise StudyError(2, f"--budget {dur} is too short: an arm fits 0 steps")
         write_json(path, {"budget": dur, "max_iters": n, "per_arm": per_arm, "host": os.uname().nodename,
                           "created": now_iso(), "train_args": st.spec["train_args"]})
+        say(f"budget{at}: --budget {dur} = max_iters {n} for every arm (the slowest arm's count); saved in {path}")
         return n
     finally:
         lock.unlink(missing_ok=True)
@@ -739,20 +912,45 @@ def print_plan(st):
            "runs beyond the grid)" if st.tune and st.tune["max_extend"] else ""))
 
 
+class Signals:
+    """SIGUSR1 (SLURM's warning before the time limit) and SIGTERM that reach ablate.py go on to every train.py it
+    runs, which checkpoints and exits 75; SIGINT goes on as SIGTERM (a process started in the background by a
+    non-interactive shell ignores SIGINT). After one, no new run starts. Installed while main() runs."""
+    SIGS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.requested, self.children, self.old = False, set(), {}
+
+    def handler(self, signum, _frame):
+        self.requested = True
+        for p in list(self.children):
+            try:
+                p.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+            except ProcessLookupError:
+                pass
+
+    def __enter__(self):
+        self.requested = False
+        self.old = {s: signal.signal(s, self.handler) for s in self.SIGS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+SIGNALS = Signals()
+
+
 class Runner:
     def __init__(self, st):
-        self.st, self.running, self.stop, self.t0 = st, {}, False, time.time()
+        self.st, self.running, self.t0 = st, {}, time.time()
         self.finished_here, self.failed = 0, None   # runs finished (results.json or diverged) by this command
         self.done_before = 0                        # runs finished before it (set by run_all)
 
-    def on_signal(self, signum, _frame):
-        self.stop = True
-        fwd = signal.SIGTERM if signum == signal.SIGINT else signum
-        for p, *_ in self.running.values():
-            try:
-                p.send_signal(fwd)
-            except ProcessLookupError:
-                pass
+    @property
+    def stop(self):
+        return SIGNALS.requested
 
     def progress(self, run, what):
         runs = self.st.all_runs()   # the total grows as tuning results call for runs beyond the grid
@@ -776,6 +974,7 @@ class Runner:
             out = open(console, "a")
         p = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
         self.running[p.pid] = (p, run, time.time(), out)
+        SIGNALS.children.add(p)
 
     def finish(self, run, rc, seconds):
         """Record one run's end. A divergence is a result (diverged.json); a stop or a failure ends the study."""
@@ -804,39 +1003,29 @@ class Runner:
 
     def run_all(self):
         st = self.st
-        old = {s: signal.signal(s, self.on_signal) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
         error = None  # a StudyError of a choice (an arm whose every value diverged): raised once the others end
-        try:
-            runs = st.all_runs()
-            self.done_before = sum(r.state() in DONE for r in runs)
-            if self.done_before:
-                say(f"{self.done_before} of {len(runs)} runs already finished (results.json or diverged.json): skipped")
-            while True:
-                if not self.stop and self.failed is None and error is None and len(self.running) < st.jobs:
-                    try:
-                        ready = self.todo()
-                    except StudyError as e:
-                        error, ready = e, []
-                    for run in ready[:st.jobs - len(self.running)]:
-                        chosen = (make_choice(st, run.size)["by_experiment"][run.exp["name"]]["chosen"]
-                                  if run.stage == "compare" and st.tune else None)
-                        self.start(run, chosen)
-                if not self.running:
-                    break
-                pid, status = os.wait()
-                if pid not in self.running:
-                    continue
-                p, run, t, out = self.running.pop(pid)
-                p.returncode = os.waitstatus_to_exitcode(status)
-                if out:
-                    out.close()
-                rc = p.returncode if p.returncode >= 0 else 128 - p.returncode
-                self.finish(run, rc, time.time() - t)
-            if self.stop and self.failed is None:
-                self.failed = EXIT_STOPPED
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+        runs = st.all_runs()
+        self.done_before = sum(r.state() in DONE for r in runs)
+        if self.done_before:
+            say(f"{self.done_before} of {len(runs)} runs already finished (results.json or diverged.json): skipped")
+        while True:
+            if not self.stop and self.failed is None and error is None and len(self.running) < st.jobs:
+                try:
+                    ready = self.todo()
+                except StudyError as e:
+                    error, ready = e, []
+                for run in ready[:st.jobs - len(self.running)]:
+                    chosen = (make_choice(st, run.size)["by_experiment"][run.exp["name"]]["chosen"]
+                              if run.stage == "compare" and st.tune else None)
+                    self.start(run, chosen)
+            if not self.running:
+                break
+            pid, status = os.wait()
+            if pid not in self.running:
+                continue
+            self.reap(pid, os.waitstatus_to_exitcode(status))
+        if self.stop and self.failed is None:
+            self.failed = EXIT_STOPPED
         if self.failed is not None:
             runs = st.all_runs()
             raise StudyError(self.failed, "the study stopped"
@@ -844,6 +1033,14 @@ class Runner:
                              + f" ({sum(r.state() in DONE for r in runs)} of {len(runs)} runs done)")
         if error is not None:
             raise error
+
+    def reap(self, pid, returncode):
+        p, run, t, out = self.running.pop(pid)
+        SIGNALS.children.discard(p)
+        p.returncode = returncode
+        if out:
+            out.close()
+        self.finish(run, returncode if returncode >= 0 else 128 - returncode, time.time() - t)
 
     def todo(self):
         """The runs to start now, tuning runs first: each arm's runs of its current tuning round (tuning()), then
@@ -870,15 +1067,15 @@ def describe_rc(rc):
 # SLURM: a job array per stage, and one per tuning round beyond the grid, each waiting for the one before (afterok)
 
 def ablate_args(args):
-    """The ablate.sh arguments of this study (the same command in every array task)."""
+    """The ablate.py arguments of this ablation or study (the same command in every array task)."""
     out = ["--seeds", args.seeds, "--out", args.out]
-    for o, v in (("--design", args.design), ("--switches", args.switches), ("--experiments", args.experiments),
-                 ("--tune", args.tune), ("--tune-seeds", args.tune_seeds), ("--tune-max-extend", args.tune_max_extend),
-                 ("--warmup-frac", args.warmup_frac),
-                 ("--budget", args.budget), ("--tokens", args.tokens), ("--tokens-per-param", args.tokens_per_param)):
-        if v:
+    for o, v in (("--design", args.design), ("--switches", args.switches), *(("--switch", s) for s in args.switch),
+                 ("--experiments", args.experiments), ("--tune", args.tune), ("--tune-seeds", args.tune_seeds),
+                 ("--tune-max-extend", args.tune_max_extend), ("--warmup-frac", args.warmup_frac),
+                 ("--budget", args.budget), ("--tokens", args.tokens), ("--tokens-per-param", args.tokens_per_param),
+                 *(("--scale", s) for s in args.scale)):
+        if v is not None and (v or o == "--switches"):
             out += [o, v]
-    out += [x for s in args.switch for x in ("--switch", s)] + [x for s in args.scale for x in ("--scale", s)]
     return out + args.train_args
 
 
@@ -912,7 +1109,11 @@ def shell_line(line):  # quoted, but $TUNE left for the shell
 
 def print_slurm(st, args):
     """A script to paste: TUNE=$(sbatch --parsable ... tune), TUNE=$(sbatch --parsable --dependency=afterok:$TUNE
-    ... --round 1), ..., then sbatch --dependency=afterok:$TUNE ... compare."""
+    ... --round 1), ..., then sbatch --dependency=afterok:$TUNE ... compare; without --tune one sbatch line.
+    Then each task's train.py command as a comment."""
+    if Path.cwd() != HERE:
+        say("warning: not run from the repo root; sbatch runs in its submit dir, so relative paths below must be "
+            "valid from there")
     for what, line in sbatch_lines(st, args):
         print(f"TUNE=$({shell_line(line)})" if "--parsable" in line else shell_line(line))
         if what.startswith("tuning round"):
@@ -920,11 +1121,18 @@ def print_slurm(st, args):
                   f"{st.tune['key']} beyond the values tried if its best value is on their edge; else it exits at once")
             continue
         runs = st.stages[what.split()[0]]
-        print(f"# {what}: {len(runs)} tasks (size, experiment{', value' if what == 'tune stage' else ''}, seed)")
+        if st.tune or st.scaled:
+            print(f"# {what}: {len(runs)} tasks (size, experiment{', value' if what == 'tune stage' else ''}, seed)")
+        else:
+            print(f"# {len(st.exps)} experiments x {st.seeds} seed(s) = {len(runs)} tasks; task I = experiment "
+                  f"I / {st.seeds}, seed I % {st.seeds} + 1")
         for t, r in enumerate(runs):
-            print(f"# {what.split()[0]} task {t} ({r.label}): "
+            print(f"# {what.split()[0] + ' ' if st.tune else ''}task {t} ({r.label}): "
                   + ("already finished, skipped" if r.state() in DONE else quote(st.command(r))))
-    print(f"# when all tasks are done, write the report: {quote(['bash', script('ablate.sh'), *ablate_args(args)])}")
+    if st.budget["rule"] == "budget" and None in st.max_iters:
+        print(f"# --budget {st.budget['duration']}: the first task to start probes the arms and writes budget.json "
+              "(max_iters for all); the others wait for it")
+    print(f"# when all tasks are done, write the report: {quote(['python', script('ablate.py'), *ablate_args(args)])}")
 
 
 def submit(st, args):
@@ -943,14 +1151,28 @@ def submit(st, args):
         + (", each waiting for the one before (afterok)" if len(ids) > 1 else ""))
 
 
-def task(st, stage, t, rnd=0):
+def task_count(st, stage, t, rnd):
+    """The number of tasks of the array that task t belongs to; UsageError when t is out of its range."""
+    n = len(round_tasks(st)) if rnd else len(st.stages[stage])
+    if t >= n:
+        where = (f"tuning round {rnd} has" if rnd else f"the {stage} stage has" if st.tune or st.scaled else
+                 f"{len(st.exps)} experiments x {st.seeds} seed(s) =")
+        raise UsageError(f"--task {t} out of range: {where} tasks 0..{n - 1}")
+    return n
+
+
+def task(st, stage, t, rnd=0, dry_run=False):
     """One array task: (size, experiment, [value,] seed) = stage's runs[t]; in tuning round rnd > 0, the arm
     (size, experiment, seed) = round_tasks(st)[t] at its round-rnd value, if it has one."""
+    n = task_count(st, stage, t, rnd)
+    top = os.environ.get("SLURM_ARRAY_TASK_MAX")
+    if top and top != str(n - 1):
+        say(f"warning: job array ends at task {top} but "
+            + (f"{len(st.exps)} experiments x {st.seeds} seed(s)" if not (st.tune or st.scaled) else
+               f"tuning round {rnd}" if rnd else f"the {stage} stage")
+            + f" need --array=0-{n - 1} (python ablate.py --print-slurm ... prints it)")
     if rnd:
-        tasks = round_tasks(st)
-        if not 0 <= t < len(tasks):
-            raise UsageError(f"--task {t} out of range: tuning round {rnd} has tasks 0..{len(tasks) - 1}")
-        i, e, seed = tasks[t]
+        i, e, seed = round_tasks(st)[t]
         w = tuning(st, i, e)
         value = next((x["value"] for x in w["tried"] if x["round"] == rnd), None)
         where = e["name"] + (f" at {st.sizes[i]['name']}" if st.scaled else "")
@@ -962,44 +1184,41 @@ def task(st, stage, t, rnd=0):
             return
         run = Run(st, i, "tune", e, seed, value, rnd)
     else:
-        runs = st.stages[stage]
-        if not 0 <= t < len(runs):
-            raise UsageError(f"--task {t} out of range: the {stage} stage has tasks 0..{len(runs) - 1}")
-        run = runs[t]
-    if st.budget["rule"] == "budget":
+        run = st.stages[stage][t]
+    say(f"task {t} -> {run.label}")
+    if st.budget["rule"] == "budget" and not (dry_run and not (st.size_dir(run.size) / "budget.json").is_file()):
         st.max_iters[run.size] = calibrate(st, run.size)
     chosen = None
-    if stage == "compare" and st.tune:
+    if stage == "compare" and st.tune and not dry_run:
         chosen = make_choice(st, run.size)["by_experiment"][run.exp["name"]]["chosen"]
     if run.state() in DONE:
         say(f"skip {run.label}: already finished ({run.dir})")
         return
+    if dry_run:
+        print(quote(st.command(run, chosen)))
+        return
     r = Runner(st)
     r.t0 = study_created(st)  # the progress line: elapsed since the study began, runs done on disk
-    old = {s: signal.signal(s, r.on_signal) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
-    try:
-        r.start(run, chosen)
-        (p, _, t0, out), = r.running.values()
-        rc = p.wait()
-        r.running.clear()
-        if out:
-            out.close()
-        r.finished_here = sum(x.state() in DONE for x in st.all_runs() if x.dir != run.dir)
-        r.finish(run, rc if rc >= 0 else 128 - rc, time.time() - t0)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    r.start(run, chosen)
+    (p, *_), = r.running.values()
+    p.wait()
+    r.finished_here = sum(x.state() in DONE for x in st.all_runs() if x.dir != run.dir)
+    r.reap(p.pid, p.returncode)
     if r.failed is not None:
         raise StudyError(r.failed, f"task {t} of {f'tuning round {rnd}' if rnd else f'the {stage} stage'} "
                                    f"({run.label}) did not finish")
 
 
 def study_created(st):
+    """When the study (study.json) or the ablation (design.json, written at its start) began."""
     try:
         created = json.loads((st.out / "study.json").read_text())["created"]
         return datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
     except (OSError, ValueError, KeyError):
-        return time.time()
+        try:
+            return (st.out / "design.json").stat().st_mtime
+        except OSError:
+            return time.time()
 
 
 # -----------------------------------------------------------------------------
@@ -1010,8 +1229,13 @@ def report(st):
     if st.tune or st.scaled:
         cmd, pdf = plot + ["--study", str(st.out)], st.out / "study_report.pdf"
     else:
-        pdf = st.out / "report.pdf"
-        cmd = plot + [str(r.dir / "log.txt") for r in st.runs if (r.dir / "log.txt").is_file()] + ["--report", str(pdf)]
+        pdf, logs = st.out / "report.pdf", [r.dir / "log.txt" for r in st.runs]
+        for log in logs:
+            if not log.is_file():
+                say(f"warning: missing {log}")
+        if not any(log.is_file() for log in logs):
+            raise StudyError(1, f"no log.txt found under {st.out}; cannot write the report")
+        cmd = plot + [str(log) for log in logs if log.is_file()] + ["--report", str(pdf)]
     say(f"$ {quote(cmd)}")
     rc = subprocess.run(cmd).returncode
     if rc != 0:
@@ -1024,59 +1248,8 @@ def report(st):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
-        args = get_args(argv)
-        if args.help:
-            print(__doc__.strip())
-            print("\nStudy options (every ablate.sh option works too; bash ablate.sh -h):\n" + OPTIONS)
-            return 0
-        st = make_study(args)
-        if args.task is not None:
-            stage = args.stage or ("compare" if not st.tune else None)
-            if stage is None:
-                raise UsageError("--task with --tune needs --stage tune or --stage compare")
-            if stage == "tune" and not st.tune:
-                raise UsageError("--stage tune needs --tune")
-            if not re.fullmatch(r"\d+", args.task):
-                raise UsageError(f"--task must be a non-negative integer (got '{args.task}')")
-            rnd = 0
-            if args.round is not None:
-                if stage != "tune":
-                    raise UsageError("--round goes with --stage tune (a tuning round beyond the grid)")
-                if not st.tune["max_extend"]:
-                    raise UsageError("--round needs --tune-max-extend > 0")
-                rnd = positive_int(args.round, "--round", limit=st.tune["max_extend"])
-            st.check_folder(write=True)
-            task(st, stage, int(args.task), rnd)
-            return 0
-        if args.stage or args.round:
-            raise UsageError(f"{'--stage' if args.stage else '--round'} goes with --task (a job array's task)")
-        st.check_folder(write=not (args.dry_run or args.print_slurm))
-        if st.budget["rule"] == "budget":
-            for i in range(len(st.sizes)):
-                if (st.size_dir(i) / "budget.json").is_file() or not (args.dry_run or args.print_slurm or args.submit):
-                    st.max_iters[i] = calibrate(st, i)
-        print_plan(st)
-        if args.submit:
-            submit(st, args)
-            return 0
-        if args.dry_run or args.print_slurm:
-            seconds = estimate(st)
-            say(f"estimate: {train.format_seconds(seconds)} of training in {len(st.runs)} runs"
-                + (f", about {train.format_seconds(seconds / st.jobs)} with --jobs {st.jobs}" if st.jobs > 1 else "")
-                + " on this machine (start-up of each run not counted"
-                + ("; nor the tuning runs beyond the grid that the results may call for)" if st.tune else ")"))
-            if args.dry_run:
-                for r in st.runs:
-                    print(f"# {r.label}: already finished" if r.state() in DONE else quote(st.command(r)))
-            else:
-                print_slurm(st, args)
-            return 0
-        Runner(st).run_all()
-        if args.no_report:
-            say(f"all {len(st.all_runs())} runs finished; report skipped (--no-report)")
-            return 0
-        report(st)
-        return 0
+        with SIGNALS:
+            return run_command(argv)
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
@@ -1085,7 +1258,107 @@ def main(argv=None):
         return e.code
 
 
+def run_command(argv):
+    """What main() does; a bad argument raises UsageError (exit 2), a failed run or step StudyError (its code)."""
+    args = get_args(argv)
+    if args.help:
+        print(__doc__.strip() + "\n\n" + OPTIONS)
+        return 0
+    if args.list_switches:
+        return subprocess.run([PY, script("train.py"), "--list-switches"]).returncode
+    st = make_study(args)
+    if args.task is not None and args.print_slurm:
+        raise UsageError("--task and --print-slurm do not go together")
+    if args.task is not None:
+        stage = args.stage or ("compare" if not st.tune else None)
+        if stage is None:
+            raise UsageError("--task with --tune needs --stage tune or --stage compare")
+        if stage == "tune" and not st.tune:
+            raise UsageError("--stage tune needs --tune")
+        if not re.fullmatch(r"\d+", args.task):
+            raise UsageError(f"--task must be a non-negative integer (got '{args.task}')")
+        rnd = 0
+        if args.round is not None:
+            if stage != "tune":
+                raise UsageError("--round goes with --stage tune (a tuning round beyond the grid)")
+            if not st.tune["max_extend"]:
+                raise UsageError("--round needs --tune-max-extend > 0")
+            rnd = positive_int(args.round, "--round", limit=st.tune["max_extend"])
+        task_count(st, stage, int(args.task), rnd)
+        st.check_folder(write=not args.dry_run)
+        task(st, stage, int(args.task), rnd, args.dry_run)
+        return 0
+    if args.stage or args.round:
+        raise UsageError(f"{'--stage' if args.stage else '--round'} goes with --task (a job array's task)")
+    st.check_folder(write=not (args.dry_run or args.print_slurm))
+    if st.budget["rule"] == "budget":
+        for i in range(len(st.sizes)):
+            if (st.size_dir(i) / "budget.json").is_file() or not (args.dry_run or args.print_slurm or args.submit):
+                st.max_iters[i] = calibrate(st, i)
+        if None in st.max_iters:
+            say(f"--budget {args.budget}: max_iters is calibrated when the runs start (no budget.json yet); "
+                "shown as --max_iters=CALIBRATED")
+    print_plan(st)
+    if args.submit:
+        submit(st, args)
+        return 0
+    if args.print_slurm:
+        print_slurm(st, args)
+        return 0
+    if args.dry_run:  # the commands, and what they would cost here
+        try:
+            seconds = estimate(st)
+            say(f"estimate: {train.format_seconds(seconds)} of training in {len(st.runs)} runs"
+                + (f", about {train.format_seconds(seconds / st.jobs)} with --jobs {st.jobs}" if st.jobs > 1 else "")
+                + " on this machine (start-up of each run not counted"
+                + ("; nor the tuning runs beyond the grid that the results may call for)" if st.tune else ")"))
+        except StudyError as e:  # e.g. on a login node without the GPU the runs ask for
+            if SIGNALS.requested:
+                raise
+            say(f"estimate: not available here ({e})")
+        for r in st.runs:
+            print(f"# {r.label}: already finished" if r.state() in DONE else quote(st.command(r)))
+        return 0
+    Runner(st).run_all()
+    if args.no_report:
+        say(f"all {len(st.all_runs())} runs finished; report skipped (--no-report)")
+        return 0
+    report(st)
+    return 0
+
+
 OPTIONS = """\
+usage: python ablate.py [--design D] [--switches a,b] [--switch KEY=VALUE ...] [--seeds N] [--out DIR]
+                        [--budget DURATION] [study options] [options] [config/X.py] [--key=value ...]
+
+Options of every ablation (the experiments are the design's; `python ablate.py --list-switches` lists the
+switches declared in train.py's config):
+  --design D             one-at-a-time (default: baseline, each switch alone, all), leave-one-out (all, and
+                         all minus each one: no_<switch>) or factorial (every combination of the chosen switches)
+  --switches a,b,c       which switches take part (default: the default set of train.py)
+  --switch KEY=VALUE     a value switch: an experiment that sets --KEY=VALUE (e.g. n_layer=2,
+                         learning_rate=3e-3; no spaces in VALUE); off = your setting or the default. Repeatable.
+  --seeds N              seeds per experiment (default 1)
+  --out DIR              output root (default out/ablate). The design is saved in DIR/design.json; a different
+                         design in the same DIR is refused (use a new --out)
+  --budget DURATION      equal budgets: turn a per-run wall-clock budget (4h, 30m, 1h30m, 90s) into ONE step
+                         count for every run: each arm's speed is probed on this machine (train.py
+                         --steps-in=DURATION), the slowest arm sets max_iters, and every run gets --max_iters=N
+                         (and no max_time), so all arms see the same tokens and the schedule's horizon is known
+                         from step 0. Saved in DIR/[SIZE/]budget.json and reused by reruns, resumes and array
+                         tasks (the first task calibrates, the others wait up to $ABLATE_BUDGET_WAIT s, default
+                         3600). Not with --max_iters/--max_time
+  --task I               run only task I, 0 <= I < experiments x N: experiment I / N, seed I % N + 1, in the
+                         design's order (slurm/ablate.sbatch); no report. With --dry-run: print its command
+  --dry-run              print the train.py commands that would run (and an estimate of the time); run nothing
+  --print-slurm          print the sbatch command line for the job array, then each task's train.py command (as
+                         '# task I ...' comment lines); run nothing
+  --no-report            do not run plot.py at the end
+  --list-switches        print train.py's switches (name, key, shape|schedule, default|optional, help)
+  -h, --help             this text
+  --                     everything after it goes to train.py
+
+Study options:
   --tune KEY=v1,v2,...   tune KEY per arm (e.g. learning_rate=1e-3,3e-3,1e-2): a tuning stage runs every arm
                          at every value on the tuning set (needs --tune_docs=K for train.py) and picks each
                          arm's best; the comparison stage runs each arm at its choice (OUT/[SIZE/]choice.json)
@@ -1107,7 +1380,7 @@ OPTIONS = """\
                          OUT/<KEY=v+KEY2=w>/
   --tokens t1,t2,...     training tokens per run at each size (2e6, 500k, 2M); --max_iters = tokens / (batch x block)
   --tokens-per-param R   tokens = R x non-embedding parameters of the size's baseline
-  --budget DURATION      per size: one step count for every arm from speed probes (as ablate.sh --budget)
+  --budget DURATION      per size: one step count for every arm from speed probes (as above)
   --jobs N               N runs at once (each OMP_NUM_THREADS=1 unless set; their output in OUT/console/)
   --dry-run              print each stage's and size's runs and an estimate of the time (speed probes)
   --print-slurm          print the sbatch lines: the tuning array, one array per round beyond the grid
@@ -1116,8 +1389,14 @@ OPTIONS = """\
   --submit               run those sbatch lines, chained with --dependency=afterok
   --task I --stage S     run task I of stage S (tune|compare) only (slurm/ablate.sbatch); with --round K
                          (--stage tune) task I of tuning round K: (size, experiment, tuning seed) I
-A finished run is never retrained; an interrupted one resumes (--resume=auto); a diverged one is recorded
-(diverged.json) and skipped. Another study in the same --out is refused."""
+A finished run (results.json) is never retrained; an interrupted one (ckpt.pt, no results.json) resumes with
+--resume=auto; a diverged one (train.py's exit code 3) is recorded (diverged.json), skipped and shown by the
+report. Another study in the same --out is refused. If a run exits otherwise non-zero, ablate.py says which and
+exits with the same code (75 = preempted/stopped after a checkpoint: requeue and rerun to resume; 2 = config
+error; 1 = crash). SIGUSR1/SIGTERM received by ablate.py are forwarded to the running train.py (SIGINT as
+SIGTERM); no further run starts after one. With --max_time (and no --budget) each arm turns its own speed into
+a step count, so the arms train on different numbers of tokens: ablate.py warns. The interpreter of train.py and
+plot.py is $PYTHON, else the one running ablate.py."""
 
 if __name__ == "__main__":
     sys.exit(main())

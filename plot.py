@@ -1,30 +1,12 @@
 """
-Plot NLL curves from gpt-ablate training logs, build the one-page ablation report, and print
-the ablation designs that ablate.sh runs (the one place where experiments are defined).
+Plot NLL curves from gpt-ablate training logs and build the one-page ablation report and the study report.
+The designs themselves are ablate.py's; this file reads what ran from OUT/design.json and the runs.
 
 Plain mode: one PNG with a smoothed train curve (raw curve faint behind it) and the
 val points of every run, plus a table of final numbers printed to stdout.
 
     python plot.py out/*/log.txt                  # writes nll.png
     python plot.py out/*/log.txt -o curves.png
-
-Design mode: the experiments of an ablation, for ablate.sh (which writes the json to OUT/design.json).
-
-    python plot.py --print-design                                  # one-at-a-time, default switches, json
-    python plot.py --print-design --design leave-one-out --format tsv
-    python plot.py --print-design --design factorial --switches swiglu,rope --switch n_layer=6
-
-  The switches come from train.py's registry (train.SWITCHES); default: those declared with ablate=True,
-  in declaration order. --switches a,b picks registered switches; --switch KEY=VALUE (repeatable) adds a
-  value switch on any other config key (off: the key is not passed, so the config's value stays;
-  on: --KEY=VALUE). Designs:
-    one-at-a-time  baseline, each switch alone, all (every chosen switch on); reference: baseline
-    leave-one-out  all, then no_<x> = all without x for each x; reference: all
-    factorial      every combination ("baseline", "a+b", ..., "all"); reference: baseline
-  Every experiment sets every registered switch explicitly (--use_x=True/False), so a config file can
-  never leak one in. json: {"design", "reference", "switches": [{"name", "key", "on", "off"}],
-  "experiments": [{"name", "on": [switch names], "args": [...]}]}; tsv: one line per experiment,
-  "name<TAB>arg1 arg2 ...".
 
 Report mode, for an ablation laid out as DIR/<experiment>/seed<k>/ (DIR/design.json says which design
 ran; without it the design is inferred from the folder names and the runs' configs):
@@ -88,10 +70,8 @@ POWER = 0.8         # power at which the minimum detectable effect is stated
 TARGET = 0.02       # nats: the effect size for "seeds needed"
 MAX_SEEDS = 100_000  # the seeds-needed search stops here
 
-DESIGNS = ("one-at-a-time", "leave-one-out", "factorial")
+DESIGNS = ("one-at-a-time", "leave-one-out", "factorial")   # the designs ablate.py makes (design.json)
 REFERENCE = {"one-at-a-time": "baseline", "leave-one-out": "all", "factorial": "baseline"}
-MANAGED_KEYS = ("out_dir", "seed", "resume", "data_seed")  # ablate.sh sets these; never a switch
-VALUE_RE = re.compile(r"[A-Za-z0-9._+-]+")
 
 
 class UsageError(Exception):
@@ -104,108 +84,11 @@ def _train():
     return train
 
 # -----------------------------------------------------------------------------
-# designs: which experiments an ablation runs (ablate.sh asks for them with --print-design)
+# designs: what a design.json (written by ablate.py, which makes the designs) may say
 
 def registered_switches():
     """{switch name: config key} from train.py, in declaration order."""
     return dict(_train().SWITCHES)
-
-
-def default_switch_names():
-    """The registered switches declared with ablate=True, in declaration order."""
-    tr = _train()
-    return [n for n, k in tr.SWITCHES.items() if tr.CONFIG_FIELDS[k].metadata.get("ablate", True)]
-
-
-def parse_value_switch(spec):
-    """'KEY=VALUE' -> {"name", "key", "on", "off": None}; UsageError on a bad key or value."""
-    tr = _train()
-    key, eq, text = spec.partition("=")
-    key = key.strip().lstrip("-").replace("-", "_")
-    if not eq or not key or not text:
-        raise UsageError(f"--switch expects KEY=VALUE, got '{spec}'")
-    if key in tr.SWITCHES.values():
-        name = key.removeprefix("use_")
-        raise UsageError(f"--switch {spec}: {key} is a registered switch; choose it with --switches {name}")
-    if key in MANAGED_KEYS:
-        raise UsageError(f"--switch {spec}: {key} is set by ablate.sh itself and cannot be a switch "
-                         f"(managed keys: {', '.join(MANAGED_KEYS)})")
-    if not VALUE_RE.fullmatch(text):
-        raise UsageError(f"--switch {spec}: the value may only use the characters A-Z a-z 0-9 . _ + -")
-    try:
-        value = tr.coerce(key, text, "--switch")
-    except tr.UserError as e:
-        raise UsageError(str(e)) from None
-    return {"name": f"{key}={text}", "key": key, "on": value, "off": None}
-
-
-def choose_switches(names=None, values=()):
-    """The switches of a design: registered ones (names: list, or None for the default set) followed by
-    value switches ('KEY=VALUE' strings). Returns [{"name", "key", "on", "off"}]; UsageError when bad."""
-    registry = registered_switches()
-    names = default_switch_names() if names is None else names
-    out, seen_keys = [], set()
-    for name in names:
-        if name not in registry:
-            raise UsageError(f"unknown switch '{name}' (registered switches: {', '.join(registry)})")
-        if registry[name] in seen_keys:
-            raise UsageError(f"switch '{name}' is listed twice")
-        seen_keys.add(registry[name])
-        out.append({"name": name, "key": registry[name], "on": True, "off": False})
-    for spec in values:
-        sw = parse_value_switch(spec)
-        if sw["key"] in seen_keys:
-            raise UsageError(f"--switch {spec}: {sw['key']} is given twice")
-        seen_keys.add(sw["key"])
-        out.append(sw)
-    if not out:
-        raise UsageError("no switches chosen (give --switches and/or --switch KEY=VALUE)")
-    return out
-
-
-def experiment_args(on, switches):
-    """Command-line args of one experiment: every registered switch explicitly True/False, then
-    --KEY=VALUE for each value switch that is on."""
-    on = set(on)
-    bool_on = {s["key"] for s in switches if s["off"] is not None and s["name"] in on}
-    args = [f"--{key}={key in bool_on}" for key in registered_switches().values()]
-    args += [f"--{s['name']}" for s in switches if s["off"] is None and s["name"] in on]
-    return args
-
-
-def make_design(design="one-at-a-time", switches=None):
-    """The experiments of a design as a json-ready dict (see the module docstring)."""
-    if design not in DESIGNS:
-        raise UsageError(f"unknown design '{design}' (designs: {', '.join(DESIGNS)})")
-    switches = choose_switches() if switches is None else switches
-    names = [s["name"] for s in switches]
-    m = len(names)
-    full = "all" if m > 1 else names[0]
-    if design == "one-at-a-time":
-        exps = [("baseline", [])] + [(n, [n]) for n in names] + [("all", names)]
-    elif design == "leave-one-out":
-        exps = [("all", names)] + [(f"no_{n}", [x for x in names if x != n]) for n in names]
-    else:
-        exps = []
-        for r in range(m + 1):
-            for combo in itertools.combinations(names, r):
-                name = "baseline" if r == 0 else full if r == m else "+".join(combo)
-                exps.append((name, list(combo)))
-    experiments, seen = [], set()
-    for name, on in exps:  # no duplicates (one switch: "all" is that switch)
-        if frozenset(on) in seen:
-            continue
-        seen.add(frozenset(on))
-        experiments.append({"name": name, "on": on, "args": experiment_args(on, switches)})
-    return {"design": design, "reference": REFERENCE[design], "switches": switches, "experiments": experiments}
-
-
-def format_design(d, fmt="json"):
-    if fmt == "json":
-        return json.dumps(d, indent=2)
-    if fmt == "tsv":
-        return "\n".join(f"{e['name']}\t{' '.join(e['args'])}" for e in d["experiments"])
-    raise UsageError(f"unknown format '{fmt}' (formats: json, tsv)")
 
 # -----------------------------------------------------------------------------
 # loading runs
@@ -521,7 +404,7 @@ def mean_std(values):
 
 @functools.cache
 def _special():
-    from scipy import special   # imported on first use: plain plots and --print-design do without scipy
+    from scipy import special   # imported on first use: plain plots do without scipy
     return special
 
 
@@ -752,7 +635,7 @@ def config_on_set(run, switches):
 
 
 def design_on_set(design, run):
-    """The switch names a run had on: its experiment's in the design (what ablate.sh passed), else its config's."""
+    """The switch names a run had on: its experiment's in the design (what ablate.py passed), else its config's."""
     for e in design.get("experiments", []):
         if e["name"] == run.experiment:
             return frozenset(e.get("on", []))
@@ -770,7 +653,7 @@ def factorial_cells(design, run_values):
 
 
 def infer_design(groups):
-    """A design dict without design.json: from the folder names (as ablate.sh names them) and configs."""
+    """A design dict without design.json: from the folder names (as ablate.py names them) and configs."""
     registry = registered_switches()
     names = list(groups)
     on_sets = {}
@@ -1090,7 +973,7 @@ def power_line(a):
     unpaired = [x for x in untested if fam[x]["n"] == 0]
     if one:
         parts.append(f"No test possible for {_text_names(a, one)}: one paired seed; a paired t-test needs at "
-                     f"least 2 (ablate.sh --seeds 3 or more for a usable one).")
+                     f"least 2 (ablate.py --seeds 3 or more for a usable one).")
     if spread:
         parts.append(f"No test possible for {_text_names(a, spread)}: the paired difference is the same on every "
                      f"seed (no spread), which more seeds will not change if the two arms train identically; "
@@ -2632,13 +2515,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 EPILOG = """\
-designs (--print-design; ablate.sh writes the json to OUT/design.json):
+designs (ablate.py makes them and writes OUT/design.json; without it the report infers the design):
   one-at-a-time  baseline, each switch alone, all          reference: baseline
   leave-one-out  all, no_<x> (all without x) for each x    reference: all
   factorial      every combination: baseline, a, a+b, ..., all (main effects and two-way interactions)
-  Each experiment sets every registered switch (--use_x=True/False) and --KEY=VALUE for value switches on.
-  --format json: {"design", "reference", "switches": [{"name", "key", "on", "off"}],
-                  "experiments": [{"name", "on", "args"}]};  --format tsv: "name<TAB>args" per experiment.
 
 report statistics: paired on seed; mean, 95% CI (Student t, df = n-1), two-sided p, Holm-Bonferroni verdict
 at family-wise 5% over the report's comparisons (factorial: its main effects and interactions); minimum
@@ -2648,8 +2528,7 @@ the 95% interval of the true sd. One seed: no test, said plainly.
 
 
 def get_args(argv=None):
-    p = _Parser(description="Plot NLL curves of gpt-ablate runs; build the ablation report; print the "
-                            "ablation's experiments (--print-design).",
+    p = _Parser(description="Plot NLL curves of gpt-ablate runs; build the ablation report and the study report.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("logs", nargs="*", help="log.txt files (or run folders)")
     p.add_argument("-o", "--out", default=None, help="PNG to write (default nll.png; in report mode only if given)")
@@ -2663,35 +2542,12 @@ def get_args(argv=None):
     p.add_argument("--study", default=None, metavar="OUT",
                    help="write the report of the study in OUT (ablate.py's layout): OUT/study_report.pdf, .md and "
                         "two PNG figures; -o names the PDF")
-    g = p.add_argument_group("designs")
-    g.add_argument("--print-design", action="store_true", help="print the experiments of a design and exit")
-    g.add_argument("--design", default=None, help=f"one of {', '.join(DESIGNS)} (default one-at-a-time)")
-    g.add_argument("--switches", default=None,
-                   help="comma-separated registered switches (default: those train.py marks ablate=True)")
-    g.add_argument("--switch", action="append", default=[], metavar="KEY=VALUE",
-                   help="add a value switch (repeatable): off = the config's value, on = --KEY=VALUE")
-    g.add_argument("--format", default="json", help="json (default) or tsv")
     return p.parse_args(argv)
-
-
-def print_design(args):
-    names = None if args.switches is None else [s.strip() for s in args.switches.split(",") if s.strip()]
-    d = make_design(args.design or "one-at-a-time", choose_switches(names, args.switch))
-    print(format_design(d, args.format))
 
 
 def main(argv=None):
     args = get_args(argv)
     try:
-        if args.print_design:
-            if args.logs or args.report:
-                raise UsageError("--print-design takes no log files and no --report")
-            if args.format not in ("json", "tsv"):
-                raise UsageError(f"unknown format '{args.format}' (formats: json, tsv)")
-            print_design(args)
-            return 0
-        if args.design or args.switches is not None or args.switch or args.format != "json":
-            raise UsageError("--design, --switches, --switch and --format only go with --print-design")
         if args.study:
             if args.logs or args.report:
                 raise UsageError("--study takes no log files and no --report (-o names the study report's PDF)")

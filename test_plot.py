@@ -1,6 +1,7 @@
 """Tests for plot.py on synthetic run folders (no training, no checkpoints): the report's statistics
-(null simulation, power, known numbers, Holm, factorial effects), the experiment designs that ablate.sh
-runs (--print-design) and the report itself. Random choices are seeded. Run: pytest -q test_plot.py"""
+(null simulation, power, known numbers, Holm, factorial effects), reading the designs that ablate.py writes
+(design.json; test_ablate.py tests making them) and the report itself. Random choices are seeded.
+Run: pytest -q test_plot.py"""
 
 import itertools
 import json
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+import ablate
 import plot
 import train
 
@@ -72,13 +74,13 @@ NEW_KEYS = {"val_nll_se": 0.004, "train_time": 9.0, "eval_time": 1.0, "tokens_pe
 
 @pytest.fixture
 def ablation_dir(tmp_path):
-    """A one-at-a-time ablation of the default switches, 3 seeds, with a design.json as ablate.sh writes it."""
+    """A one-at-a-time ablation of the default switches, 3 seeds, with a design.json as ablate.py writes it."""
     root = tmp_path / "abl"
     for exp in EXPERIMENTS:
         for seed in (1, 2, 3):
             make_run(root / exp / f"seed{seed}", BASE[seed - 1] + SHIFT.get(exp, (0.003, -0.002, 0.0))[seed - 1],
                      exp, seed, results=NEW_KEYS)
-    (root / "design.json").write_text(json.dumps(plot.make_design()))
+    (root / "design.json").write_text(json.dumps(ablate.make_design()))
     return root
 
 
@@ -362,97 +364,24 @@ def test_factorial_recovers_main_effect_and_interaction():
     assert fam["B"]["significant"] and not fam["C"]["significant"]
 
 # -----------------------------------------------------------------------------
-# designs (--print-design)
+# designs: ablate.py makes them (test_ablate.py); plot.py only reads design.json
 
 
-def print_design(capsys, *argv):
-    assert plot.main(["--print-design", *argv]) == 0
-    return capsys.readouterr().out
+def test_plot_py_makes_no_designs(capsys, tmp_path):
+    log = str(make_run(tmp_path / "r", 3.0))
+    for argv in (["--print-design"], [log, "--design", "factorial"], [log, "--switches", "rope"],
+                 [log, "--switch", "n_layer=2"], [log, "--format", "tsv"]):
+        with pytest.raises(SystemExit) as e:
+            plot.main(argv)
+        assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
 
 
-def test_print_design_default_one_at_a_time(capsys):
-    d = json.loads(print_design(capsys))
-    assert d["design"] == "one-at-a-time" and d["reference"] == "baseline"
-    assert [s["name"] for s in d["switches"]] == DEFAULT
-    assert d["switches"][0] == {"name": DEFAULT[0], "key": train.SWITCHES[DEFAULT[0]], "on": True, "off": False}
-    assert [e["name"] for e in d["experiments"]] == EXPERIMENTS
-    for e in d["experiments"]:
-        assert e["on"] == flags_of(e["name"])
-        # every registered switch set explicitly, chosen or not
-        assert e["args"] == [f"--{k}={n in e['on']}" for n, k in train.SWITCHES.items()]
-    tsv = print_design(capsys, "--format", "tsv").splitlines()
-    assert [l.split("\t")[0] for l in tsv] == EXPERIMENTS
-    assert tsv[1] == "swiglu\t" + " ".join(f"--{k}={n == 'swiglu'}" for n, k in train.SWITCHES.items())
-
-
-def test_print_design_leave_one_out_and_factorial(capsys):
-    d = json.loads(print_design(capsys, "--design", "leave-one-out", "--switches", "rope,cosine,qknorm"))
-    assert d["reference"] == "all" and [e["name"] for e in d["experiments"]] == [
-        "all", "no_rope", "no_cosine", "no_qknorm"]
-    assert d["experiments"][2]["on"] == ["rope", "qknorm"]
-    assert "--use_cosine=False" in d["experiments"][2]["args"] and "--use_qknorm=True" in d["experiments"][2]["args"]
-    assert "--use_swiglu=False" in d["experiments"][0]["args"]            # not chosen: off, explicitly
-    d = json.loads(print_design(capsys, "--design", "factorial", "--switches", "swiglu,rope,cosine"))
-    assert [e["name"] for e in d["experiments"]] == [
-        "baseline", "swiglu", "rope", "cosine", "swiglu+rope", "swiglu+cosine", "rope+cosine", "all"]
-    assert len({frozenset(e["on"]) for e in d["experiments"]}) == 8
-    # one switch: no duplicate "all"
-    assert [e["name"] for e in json.loads(print_design(capsys, "--switches", "rope"))["experiments"]] == [
-        "baseline", "rope"]
-    assert [e["name"] for e in json.loads(print_design(capsys, "--design", "factorial", "--switches",
-                                                       "rope"))["experiments"]] == ["baseline", "rope"]
-
-
-def test_print_design_value_switch(capsys):
-    d = json.loads(print_design(capsys, "--design", "factorial", "--switches", "swiglu",
-                                "--switch", "n_layer=6", "--switch", "learning_rate=1e-3"))
-    assert d["switches"][1:] == [{"name": "n_layer=6", "key": "n_layer", "on": 6, "off": None},
-                                 {"name": "learning_rate=1e-3", "key": "learning_rate", "on": 0.001, "off": None}]
-    exps = {e["name"]: e for e in d["experiments"]}
-    assert len(exps) == 8 and "swiglu+n_layer=6" in exps and "all" in exps
-    assert not any(a.startswith("--n_layer") for a in exps["baseline"]["args"])   # off: the config's value stays
-    assert exps["n_layer=6"]["args"][-1] == "--n_layer=6" and "--use_swiglu=False" in exps["n_layer=6"]["args"]
-    assert exps["all"]["args"][-2:] == ["--n_layer=6", "--learning_rate=1e-3"]
-    tsv = print_design(capsys, "--switches", "", "--switch", "dropout=0.1", "--format", "tsv").splitlines()
-    assert [l.split("\t")[0] for l in tsv] == ["baseline", "dropout=0.1"]
-
-
-@pytest.mark.parametrize("argv, words", [
-    (["--switches", "swiglu,ropee"], ["unknown switch 'ropee'", "swiglu, rope"]),
-    (["--design", "fractional"], ["unknown design 'fractional'", "leave-one-out"]),
-    (["--format", "yaml"], ["unknown format 'yaml'"]),
-    (["--switch", "n_layer=6;rm"], ["only use the characters"]),
-    (["--switch", "n_layer=six"], ["n_layer", "expects int"]),
-    (["--switch", "n_layr=6"], ["unknown config key 'n_layr'", "n_layer"]),
-    (["--switch", "use_rope=True"], ["registered switch", "--switches rope"]),
-    (["--switch", "seed=3"], ["set by ablate.sh"]),
-    (["--switch", "n_layer"], ["KEY=VALUE"]),
-    (["--switch", "n_layer=2", "--switch", "n_layer=4"], ["given twice"]),
-    (["--switches", "rope,rope"], ["listed twice"]),
-    (["--switches", ""], ["no switches chosen"]),
-    (["--design", "factorial", "x/log.txt"], ["no log files"]),
-])
-def test_print_design_errors_one_line_exit_2(capsys, argv, words):
-    assert plot.main(["--print-design", *argv]) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("plot.py: error:"), err
-    for w in words:
-        assert w in err, (w, err)
-
-
-def test_design_options_need_print_design(capsys, tmp_path):
-    assert plot.main([str(make_run(tmp_path / "r", 3.0)), "--design", "factorial"]) == 2
-    assert "only go with --print-design" in capsys.readouterr().err
-
-
-def test_a_new_registered_switch_is_picked_up(monkeypatch, capsys):
-    """A throwaway switch in train.py's registry appears in the designs without touching plot.py."""
+def test_a_new_registered_switch_is_read_from_design_json(monkeypatch):
+    """A throwaway switch in train.py's registry, in a design ablate.py made: the report's label counts it."""
     monkeypatch.setitem(train.SWITCHES, "zzz", "use_zzz")
     monkeypatch.setitem(train.CONFIG_FIELDS, "use_zzz", SimpleNamespace(metadata={"switch": True, "ablate": True,
                                                                                     "shape": False, "help": "t"}))
-    d = json.loads(print_design(capsys))
-    assert [e["name"] for e in d["experiments"]] == ["baseline"] + DEFAULT + ["zzz", "all"]
-    assert d["experiments"][-1]["args"][-1] == "--use_zzz=True"
+    d = ablate.make_design()
     assert plot.on_label(DEFAULT + ["zzz"], d["switches"], "one-at-a-time") == f"all ({len(DEFAULT) + 1})"
 
 # -----------------------------------------------------------------------------
@@ -569,16 +498,13 @@ def test_errors_exit_2_one_line(tmp_path, capsys, case):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_cli_entry_point_errors_and_design():
+def test_cli_entry_point_errors():
     # the real entry point: plot.py runs as a script; argparse errors are one line too
     p = subprocess.run([sys.executable, str(HERE / "plot.py")], capture_output=True, text=True, cwd=HERE)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "no log files" in p.stderr
-    p = subprocess.run([sys.executable, str(HERE / "plot.py"), "--print-design", "--format", "tsv", "--bogus"],
+    p = subprocess.run([sys.executable, str(HERE / "plot.py"), "x/log.txt", "--bogus"],
                        capture_output=True, text=True, cwd=HERE)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--bogus" in p.stderr
-    p = subprocess.run([sys.executable, str(HERE / "plot.py"), "--print-design", "--design", "leave-one-out",
-                        "--format", "tsv"], capture_output=True, text=True, cwd=HERE)
-    assert p.returncode == 0 and p.stdout.splitlines()[0].split("\t")[0] == "all"
 
 # -----------------------------------------------------------------------------
 # report mode
@@ -783,7 +709,7 @@ def test_report_from_runs_json(tmp_path, capsys):
     entries = [{k: v for k, v in r.results.items() if k != "config"} | {"experiment": r.experiment, "seed": r.seed}
                for r in runs]                                  # as in results/: no config, no curves
     (shipped / "runs.json").write_text(json.dumps({"runs": entries}))
-    design = plot.make_design("one-at-a-time", plot.choose_switches(["swiglu", "rope"]))
+    design = ablate.make_design("one-at-a-time", ablate.choose_switches(["swiglu", "rope"]))
     (shipped / "design.json").write_text(json.dumps(design))
     assert plot.main([str(shipped / "runs.json"), "--report", str(shipped / "report.pdf"), "--no_samples"]) == 0
     from_json = plot.analyze(plot.load_runs_json(shipped / "runs.json"))
@@ -804,7 +730,7 @@ def test_report_from_runs_json(tmp_path, capsys):
 
 def test_report_leave_one_out(tmp_path):
     root = tmp_path / "loo"
-    d = plot.make_design("leave-one-out", plot.choose_switches(["swiglu", "rope", "cosine"]))
+    d = ablate.make_design("leave-one-out", ablate.choose_switches(["swiglu", "rope", "cosine"]))
     (root).mkdir()
     (root / "design.json").write_text(json.dumps(d))
     # removing swiglu raises the NLL by 0.08 (swiglu helps); removing rope changes nothing
@@ -827,7 +753,7 @@ def test_report_leave_one_out(tmp_path):
 
 def factorial_dir(root, switches, seeds=(1, 2), design_json=True):
     """A 2^m factorial on disk: the first switch lowers NLL by 0.1, 0.04 less when the second is on."""
-    d = plot.make_design("factorial", plot.choose_switches(switches))
+    d = ablate.make_design("factorial", ablate.choose_switches(switches))
     root.mkdir(parents=True)
     if design_json:
         (root / "design.json").write_text(json.dumps(d))

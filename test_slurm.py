@@ -9,8 +9,8 @@ key and socket, so it cannot clash with a cluster on the machine. Every daemon i
 the end, also when a test fails. Without the binaries, or where the cluster cannot start (not root, no
 munge user), the tests are skipped with the reason.
 
-The jobs run the real train.py (tiny model, CPU, float32) through the real slurm/*.sbatch and ablate.sh
-scripts; only their resource lines are overridden on the sbatch command line so they fit the node.
+The jobs run the real train.py (tiny model, CPU, float32) through the real slurm/*.sbatch scripts and
+ablate.py; only their resource lines are overridden on the sbatch command line so they fit the node.
 """
 import json
 import os
@@ -372,12 +372,12 @@ def ablation(request, cluster, corpus):
             "--max_iters=6", "--eval_interval=3"]
     env = job_env(cluster)
     a = dict(out=out, args=args, env=env, error=None)
-    r = subprocess.run(["bash", "ablate.sh", *args, "--print-slurm"], cwd=ROOT, env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "ablate.py", *args, "--print-slurm"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=120)
     a["print_slurm"] = r.stdout
     lines = r.stdout.splitlines()
     if r.returncode != 0 or not lines or not lines[0].startswith("sbatch --array=0-"):
-        a["error"] = f"ablate.sh --print-slurm exited {r.returncode}: {r.stdout[-2000:]}{r.stderr[-2000:]}"
+        a["error"] = f"ablate.py --print-slurm exited {r.returncode}: {r.stdout[-2000:]}{r.stderr[-2000:]}"
         return a  # only the ablation test fails
     a["submit"] = shlex.split(lines[0])
     a["tasks"] = {}
@@ -395,7 +395,7 @@ def ablation(request, cluster, corpus):
 
 
 # --------------------------------------------------------------------------- the study's arrays
-# A tuning stage, one round beyond the grid and a comparison stage (ablate.py --submit, through ablate.sh):
+# A tuning stage, one round beyond the grid and a comparison stage (ablate.py --submit):
 # each array must wait for the one before (--dependency=afterok). Submitted at the first test too, low priority.
 STUDY_TEST = "test_study_stages_as_dependent_job_arrays"
 
@@ -418,11 +418,11 @@ def study_arrays(request, cluster, corpus):
     (bindir / "sbatch").chmod(0o755)
     env = dict(job_env(cluster), PATH=f"{bindir}:{cluster.env.get('PATH', os.environ['PATH'])}")
     s = dict(out=out, args=args, env=env, error=None)
-    r = subprocess.run(["bash", "ablate.sh", *args, "--submit"], cwd=ROOT, env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "ablate.py", *args, "--submit"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     ids = r.stdout.split()
     if r.returncode != 0 or len(ids) != 3:
-        s["error"] = f"ablate.sh --submit exited {r.returncode}: {r.stdout[-2000:]}{r.stderr[-2000:]}"
+        s["error"] = f"ablate.py --submit exited {r.returncode}: {r.stdout[-2000:]}{r.stderr[-2000:]}"
         return s
     s["ids"], s["dependency"] = ids, [cluster.job(i).get("Dependency", "") for i in ids[1:]]
     return s
@@ -537,8 +537,8 @@ def test_ddp_sbatch_two_cpu_ranks_through_srun_with_a_requeue(cluster, corpus):
 # --------------------------------------------------------------------------- the ablation, checked
 @slurm_test
 def test_ablation_job_array_then_report(cluster, ablation):
-    """Every task of the array (as `ablate.sh --print-slurm` submits it) completed, in its own folder,
-    with exactly the settings of its printed command; then ablate.sh with the same arguments writes
+    """Every task of the array (as `ablate.py --print-slurm` submits it) completed, in its own folder,
+    with exactly the settings of its printed command; then ablate.py with the same arguments writes
     the report from the finished runs."""
     assert ablation["error"] is None, ablation["error"]
     ntasks = int(ablation["submit"][1].split("-")[-1]) + 1
@@ -562,7 +562,7 @@ def test_ablation_job_array_then_report(cluster, ablation):
             assert str(res["config"][key.replace("-", "_")]) == value, (i, key, res["config"][key], value)
     assert len(dirs) == ntasks
 
-    r = subprocess.run(["bash", "ablate.sh", *ablation["args"]], cwd=ROOT, env=ablation["env"],
+    r = subprocess.run([sys.executable, "ablate.py", *ablation["args"]], cwd=ROOT, env=ablation["env"],
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (ablation["out"] / "report.pdf").is_file()
@@ -570,7 +570,7 @@ def test_ablation_job_array_then_report(cluster, ablation):
 
 @slurm_test
 def test_study_stages_as_dependent_job_arrays(cluster, study_arrays):
-    """`ablate.sh --tune ... --tune-max-extend 1 --submit`: the tuning array (2 arms x 2 values), one round
+    """`ablate.py --tune ... --tune-max-extend 1 --submit`: the tuning array (2 arms x 2 values), one round
     beyond the grid (2 arms: each runs its next value if its best was on the edge, else exits at once) and
     the comparison array (2 arms), each submitted with afterok on the one before and started only after it
     ended; each comparison run used its arm's choice; the same command afterwards retrains nothing."""
@@ -599,7 +599,7 @@ def test_study_stages_as_dependent_job_arrays(cluster, study_arrays):
         res = json.loads((out / exp / "seed1" / "results.json").read_text())
         assert res["eval_set"] == "val" and res["config"]["learning_rate"] == float(choice[exp]["chosen"])
     n = sum(len(choice[exp]["tried"]) for exp in ("baseline", "rope")) + 2
-    r = subprocess.run(["bash", "ablate.sh", *s["args"], "--no-report"], cwd=ROOT, env=s["env"],
+    r = subprocess.run([sys.executable, "ablate.py", *s["args"], "--no-report"], cwd=ROOT, env=s["env"],
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0 and f"{n} of {n} runs already finished" in r.stderr, r.stderr[-3000:]
 

@@ -30,6 +30,7 @@ import pytest
 
 import ablate
 import train
+from test_ablate import run_main
 from test_train import TINY, write_corpus
 
 HERE = Path(__file__).resolve().parent
@@ -110,8 +111,6 @@ argv = sys.argv[1:]
 calls = Path(os.environ["FAKE_CALLS"])
 with open(calls, "a") as f:
     f.write(json.dumps(argv) + "\n")
-if Path(argv[0]).name == "ablate.py":  # ablate.sh hands a study to ablate.py: that one runs for real
-    os.execv(sys.executable, [sys.executable] + argv)
 if Path(argv[0]).name == "plot.py":
     sys.exit(0)
 a = {{}}
@@ -173,20 +172,14 @@ def fake(tmp_path, monkeypatch, capsys):
             "capsys": capsys, "monkeypatch": monkeypatch}
 
 
-def study(fake, *args, extra_env=None, out=None, via_sh=False):
-    """ablate.py in this process (or `bash ablate.sh` in a subprocess): its exit code, stdout and stderr."""
+def study(fake, *args, extra_env=None, out=None, cli=False):
+    """ablate.py in this process (or `python ablate.py` in a subprocess): its exit code, stdout and stderr."""
     args = ["--out", str(out or fake["OUT"]), *args]
-    if via_sh:
+    if cli:
         env = {**os.environ, "PYTHON": fake["PYTHON"], **(extra_env or {})}
-        return subprocess.run(["bash", "ablate.sh", *args], cwd=HERE, env=env, capture_output=True, text=True,
-                              timeout=300)
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in (extra_env or {}).items():
-            mp.setenv(k, v)
-        fake["capsys"].readouterr()
-        rc = ablate.main(args)
-        cap = fake["capsys"].readouterr()
-    return subprocess.CompletedProcess(args, rc, cap.out, cap.err)
+        return subprocess.run([sys.executable, "ablate.py", *args], cwd=HERE, env=env, capture_output=True,
+                              text=True, timeout=300)
+    return run_main(fake["capsys"], args, extra_env)
 
 
 def calls(fake, kind="train.py"):
@@ -204,7 +197,7 @@ def test_two_stage_study_layout_choice_and_seeds(fake):
     baseline's 1e-2 at one seed: recorded and skipped, the study goes on), comparison seeds never tuning
     seeds, --tune_docs in both."""
     r = study(fake, "--switches", "rope", "--tune", GRID, "--tune-seeds", "2", "--scale", "n_embd=16,32",
-              "--seeds", "2", "--no-report", *STUDY_ARGS, extra_env={"FAKE_DIVERGE": '["rope|3e-2", "baseline|1e-2|1002"]'}, via_sh=True)
+              "--seeds", "2", "--no-report", *STUDY_ARGS, extra_env={"FAKE_DIVERGE": '["rope|3e-2", "baseline|1e-2|1002"]'}, cli=True)
     assert r.returncode == 0, r.stderr
     out = fake["OUT"]
     spec = json.loads((out / "study.json").read_text())
@@ -512,7 +505,7 @@ def test_budget_waits_for_a_live_calibration_lock_and_takes_over_a_dead_one(fake
     (["--tune", "learning_rate=1e-3,1e-3"], "--tune learning_rate=1e-3,1e-3: a value is listed twice"),
     (["--tokens", "1M,2M"], "--tokens gives 2 budgets for 1 size(s)"),
     (["--tokens", "1M", "--budget", "1h"], "--tokens and --budget: choose one budget rule"),
-    (["--seed=3"], "the study sets --seed itself"),
+    (["--seed=3"], "ablate.py sets --seed itself"),
     (["--jobs", "0"], "--jobs must be a positive integer"),
     (["--experiments", "baseline,nope"], "--experiments: nope not in the design (its experiments: baseline, rope)"),
     (["--tune", GRID, "--tune-max-extend", "x"], "--tune-max-extend must be an integer from 0 to 20 (got 'x')"),

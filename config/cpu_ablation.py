@@ -1,7 +1,7 @@
 # The CPU ablation that answers (results/README.md, "What it found on a CPU"): the seven experiments x 4
 # seeds on the built-in demo corpus in 47-83 minutes on a 2-core CPU, two single-threaded runs at a time,
 # then the report:
-#   bash ablate.sh --seeds 4 --jobs 2 --out out/cpu_ablation config/cpu_ablation.py
+#   python ablate.py --seeds 4 --jobs 2 --out out/cpu_ablation config/cpu_ablation.py
 # A small model (the 50257 x 64 tied embedding is most of it) that plateaus within 500 steps of 8 x 128 tokens
 # (512k tokens per run, ~11% of the corpus), so cosine decay has a plateau to anneal from; a high learning rate
 # for its size. Nothing here is tuned per arm: every experiment runs exactly this, plus its switches.
