@@ -400,7 +400,7 @@ def make_study(args):
     budget["warmup"] = warmup_rule(args.warmup_frac, cfgs, budget.get("max_iters"), explicit, tuned)
     study = {"design": design, "seeds": seeds, "tune": tune, "sizes": sizes, "budget": budget,
              "train_args": train_args}
-    return Study(study, Path(args.out.rstrip("/") or "/"), jobs, cfgs)
+    return StudyPlan(study, Path(args.out.rstrip("/") or "/"), jobs, cfgs)
 
 
 def warmup_rule(frac_text, cfgs, max_iters, explicit, tuned):
@@ -430,8 +430,9 @@ def warmup_steps(frac, max_iters):
     return max(1, round(frac * max_iters)) if max_iters else None
 
 
-class Run:
-    """One train.py run of the study."""
+class PlannedRun:
+    """One train.py run of the study, as planned: its folder, label and state on disk (plot.py reads what a
+    finished run recorded)."""
 
     def __init__(self, st, size, stage, exp, seed, value=None, rnd=0):
         self.size, self.stage, self.exp, self.seed, self.value, self.round = size, stage, exp, seed, value, rnd
@@ -450,7 +451,10 @@ class Run:
         return "resume" if (self.dir / "ckpt.pt").is_file() else "new"
 
 
-class Study:
+class StudyPlan:
+    """The plan of a study (or plain ablation): study.json's spec, the output folder, and every PlannedRun by
+    stage (plot.py reads what the runs recorded)."""
+
     def __init__(self, spec, out, jobs, cfgs):
         self.spec, self.out, self.jobs, self.cfgs = spec, out, jobs, cfgs
         self.design, self.tune, self.sizes = spec["design"], spec["tune"], spec["sizes"]
@@ -461,9 +465,9 @@ class Study:
         for i in range(len(self.sizes)):  # task order: size, experiment, value, seed
             for e in self.exps:
                 if self.tune:
-                    self.stages["tune"] += [Run(self, i, "tune", e, s, v) for v in self.tune["values"]
+                    self.stages["tune"] += [PlannedRun(self, i, "tune", e, s, v) for v in self.tune["values"]
                                             for s in self.tune["seeds"]]
-                self.stages["compare"] += [Run(self, i, "compare", e, s) for s in range(1, self.seeds + 1)]
+                self.stages["compare"] += [PlannedRun(self, i, "compare", e, s) for s in range(1, self.seeds + 1)]
         self.runs = self.stages["tune"] + self.stages["compare"]   # the runs known before any tuning result
 
     def all_runs(self):
@@ -476,7 +480,8 @@ class Study:
             for e in self.exps if self.tune else []:
                 tried = (choice[e["name"]].get("tried") or [{"value": v, "round": 0} for v in self.tune["values"]]
                          if choice else tuning(self, i, e)["tried"])
-                tune += [Run(self, i, "tune", e, s, t["value"], t["round"]) for t in tried for s in self.tune["seeds"]]
+                tune += [PlannedRun(self, i, "tune", e, s, t["value"], t["round"])
+                         for t in tried for s in self.tune["seeds"]]
         return tune + self.stages["compare"]
 
     def size_dir(self, i):
@@ -679,12 +684,12 @@ def tuning(st, i, e):
     extended = {"low": 0, "high": 0}
     while True:
         rnd = tried[-1]["round"]
-        runs = [Run(st, i, "tune", e, s, t["value"], rnd) for t in tried if t["round"] == rnd for s in seeds]
+        runs = [PlannedRun(st, i, "tune", e, s, t["value"], rnd) for t in tried if t["round"] == rnd for s in seeds]
         waiting = [r for r in runs if r.state() not in DONE]
         if waiting:
             return {"tried": tried, "round": rnd, "waiting": waiting, "choice": None}
         values = [t["value"] for t in tried]
-        c = choose(values, {v: {s: run_nll(Run(st, i, "tune", e, s, v)) for s in seeds} for v in values})
+        c = choose(values, {v: {s: run_nll(PlannedRun(st, i, "tune", e, s, v)) for s in seeds} for v in values})
         reason = None
         if c["edge"]:
             side = "low" if c["chosen"] == next(iter(c["scores"])) else "high"
@@ -764,7 +769,7 @@ def probe(st, i, exp, duration, max_iters=None, what=None):
     """Steps of size i, experiment exp that fit in duration on this machine (train.py --steps-in)."""
     if SIGNALS.requested:
         raise StudyError(EXIT_STOPPED, "stop requested by a signal; no speed probe started")
-    what = what or f"speed probe of {Run(st, i, 'compare', exp, 1).label}"
+    what = what or f"speed probe of {PlannedRun(st, i, 'compare', exp, 1).label}"
     cmd = [PY, script("train.py"), *st.spec["train_args"], *[f"--{k}={v}" for k, v in st.sizes[i]["args"].items()],
            "--seed=1", *exp["args"], *([f"--max_iters={max_iters}", "--max_time="] if max_iters else []),
            f"--steps-in={duration}"]
@@ -1182,7 +1187,7 @@ def task(st, stage, t, rnd=0, dry_run=False):
         if value is None:
             say(f"nothing to do in tuning round {rnd}: {where} was decided after round {w['round']}")
             return
-        run = Run(st, i, "tune", e, seed, value, rnd)
+        run = PlannedRun(st, i, "tune", e, seed, value, rnd)
     else:
         run = st.stages[stage][t]
     say(f"task {t} -> {run.label}")
