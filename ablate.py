@@ -431,8 +431,8 @@ def warmup_steps(frac, max_iters):
 
 
 class PlannedRun:
-    """One train.py run of the study, as planned: its folder, label and state on disk (plot.py reads what a
-    finished run recorded)."""
+    """One train.py run of the study, as planned: its folder, label and state on disk (what a finished run
+    recorded is read by run_records.RecordedRun)."""
 
     def __init__(self, st, size, stage, exp, seed, value=None, rnd=0):
         self.size, self.stage, self.exp, self.seed, self.value, self.round = size, stage, exp, seed, value, rnd
@@ -453,7 +453,7 @@ class PlannedRun:
 
 class StudyPlan:
     """The plan of a study (or plain ablation): study.json's spec, the output folder, and every PlannedRun by
-    stage (plot.py reads what the runs recorded)."""
+    stage (study_report.StudyResults reads what the runs recorded)."""
 
     def __init__(self, spec, out, jobs, cfgs):
         self.spec, self.out, self.jobs, self.cfgs = spec, out, jobs, cfgs

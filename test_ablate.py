@@ -35,7 +35,7 @@ from types import SimpleNamespace
 import pytest
 
 import ablate
-import plot
+import ablation_report
 import train
 from test_train import write_corpus
 
@@ -104,7 +104,7 @@ def test_a_new_registered_switch_is_picked_up(monkeypatch):
     _, d = design()
     assert [e["name"] for e in d["experiments"]] == ["baseline"] + DEFAULT + ["zzz", "all"]
     assert d["experiments"][-1]["args"][-1] == "--use_zzz=True"
-    assert plot.on_label(DEFAULT + ["zzz"], d["switches"], "one-at-a-time") == f"all ({len(DEFAULT) + 1})"
+    assert ablation_report.on_label(DEFAULT + ["zzz"], d["switches"], "one-at-a-time") == f"all ({len(DEFAULT) + 1})"
 
 
 def test_ablate_py_names_no_switch_and_no_count():
@@ -880,7 +880,7 @@ def test_leave_one_out_end_to_end_with_two_seeds(ablations):
         ref = runs[("all", 1)]["config"]          # everything else is shared
         assert {k for k in cfg if cfg[k] != ref[k]} - {"use_swiglu", "use_rope", "seed", "out_dir"} == set()
     assert (out / "report.png").stat().st_size > 1000
-    assert plot.count_pdf_pages(out / "report.pdf") == 1
+    assert ablation_report.count_pdf_pages(out / "report.pdf") == 1
     md, rows = report_rows(out, names)
     assert "leave-one-out" in md and all(rows.values()), md
     for name in ["no_swiglu", "no_rope"]:          # paired on seed against all: a test, not "1 seed"
@@ -903,7 +903,7 @@ def test_factorial_with_a_value_switch_end_to_end(ablations):
     params = {name: configs(out, [name])[(name, 1)]["params"] for name in names}
     total = {k: p["total"] if isinstance(p, dict) else p for k, p in params.items()}
     assert total["n_layer=2"] > total["baseline"]
-    assert plot.count_pdf_pages(out / "report.pdf") == 1
+    assert ablation_report.count_pdf_pages(out / "report.pdf") == 1
     md, rows = report_rows(out, names)
     assert "factorial" in md and all(rows.values()), md
 

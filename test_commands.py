@@ -61,7 +61,8 @@ def one_error_line(stderr):
 def test_quick_start_and_the_three_documented_commands_in_order(corpus, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in ("train.py", "sample.py", "plot.py"):
+    for name in ("train.py", "sample.py", "plot.py", "stats.py", "run_records.py", "ablation_report.py",
+                 "study_report.py"):
         shutil.copy(HERE / name, repo / name)
     shutil.copytree(HERE / "config", repo / "config")
     tiny = " ".join(tiny_args(corpus))

@@ -1,7 +1,7 @@
-"""Tests for plot.py on synthetic run folders (no training, no checkpoints): the report's statistics
-(null simulation, power, known numbers, Holm, factorial effects), reading the designs that ablate.py writes
-(design.json; test_ablate.py tests making them) and the report itself. Random choices are seeded.
-Run: pytest -q test_plot.py"""
+"""Tests for plot.py and the files behind it (stats.py, run_records.py, ablation_report.py) on synthetic run
+folders (no training, no checkpoints): the report's statistics (null simulation, power, known numbers, Holm,
+factorial effects), reading the designs that ablate.py writes (design.json; test_ablate.py tests making them)
+and the report itself. Random choices are seeded. Run: pytest -q test_plot.py"""
 
 import itertools
 import json
@@ -17,7 +17,10 @@ import pytest
 import scipy.stats
 
 import ablate
+import ablation_report
 import plot
+import run_records
+import stats
 import train
 
 HERE = Path(__file__).resolve().parent
@@ -121,7 +124,7 @@ def test_null_reports_keep_the_family_wise_error_at_5_percent(n):
     for _ in range(reports):
         y = rng.normal(0, 0.1, size=(1, n)) + rng.normal(3.0, 0.05, size=(7, n))   # seed effect + arm noise
         diffs = {f"exp{i}": list(y[i] - y[0]) for i in range(1, 7)}
-        fam = plot.family_stats(diffs)
+        fam = stats.family_stats(diffs)
         assert all(st["k"] == 6 for st in fam.values())
         fw_new += any(st["significant"] for st in fam.values())
         fw_old += any(old_two_se_rule(d) for d in diffs.values())
@@ -137,7 +140,7 @@ def test_large_true_effect_is_found_and_its_ci_excludes_zero():
     for _ in range(200):
         y = rng.normal(3.0, 0.05, size=(1, 3)) + rng.normal(0, 0.01 / math.sqrt(2), size=(7, 3))
         y[1] -= 0.1
-        fam = plot.family_stats({f"exp{i}": list(y[i] - y[0]) for i in range(1, 7)})
+        fam = stats.family_stats({f"exp{i}": list(y[i] - y[0]) for i in range(1, 7)})
         st = fam["exp1"]
         found += st["significant"] and st["mean"] < 0
         ci_below += st["ci"][1] < 0
@@ -147,7 +150,7 @@ def test_large_true_effect_is_found_and_its_ci_excludes_zero():
 
 def test_known_numbers_t_p_ci():
     diffs = [-0.1, -0.12, -0.08]
-    st = plot.family_stats({"x": diffs})["x"]
+    st = stats.family_stats({"x": diffs})["x"]
     se = 0.02 / math.sqrt(3)
     assert st["n"] == 3 and st["df"] == 2
     assert st["mean"] == pytest.approx(-0.1) and st["sd"] == pytest.approx(0.02) and st["se"] == pytest.approx(se)
@@ -162,34 +165,34 @@ def test_known_numbers_t_p_ci():
     assert st["significant"] is True and st["p_holm"] == st["p"] and st["k"] == 1   # a family of one
     # Student t critical values (REFERENCE.md) and agreement with scipy.stats.t
     for n, crit in [(2, 12.71), (3, 4.30), (4, 3.18), (5, 2.78), (10, 2.26)]:
-        assert plot.t_quantile(0.975, n - 1) == pytest.approx(crit, abs=0.005)
-        assert plot.t_quantile(0.975, n - 1) == pytest.approx(scipy.stats.t.ppf(0.975, n - 1), rel=1e-9)
-    assert plot.t_sf(2.0, 3) == pytest.approx(scipy.stats.t.sf(2.0, 3), rel=1e-9)
+        assert stats.t_quantile(0.975, n - 1) == pytest.approx(crit, abs=0.005)
+        assert stats.t_quantile(0.975, n - 1) == pytest.approx(scipy.stats.t.ppf(0.975, n - 1), rel=1e-9)
+    assert stats.t_sf(2.0, 3) == pytest.approx(scipy.stats.t.sf(2.0, 3), rel=1e-9)
     # 6 comparisons at family-wise 5%, n = 3: the first Holm step needs |t| > t(1 - 0.05/12, df 2)
-    assert plot.t_quantile(1 - 0.05 / 12, 2) == pytest.approx(10.886, abs=1e-3)
+    assert stats.t_quantile(1 - 0.05 / 12, 2) == pytest.approx(10.886, abs=1e-3)
 
 
 def test_no_test_with_one_seed_or_no_spread():
-    fam = plot.family_stats({"one": [-0.3], "flat": [0.1, 0.1, 0.1], "none": [], "ok": [-0.1, -0.12, -0.08]})
+    fam = stats.family_stats({"one": [-0.3], "flat": [0.1, 0.1, 0.1], "none": [], "ok": [-0.1, -0.12, -0.08]})
     assert fam["one"]["significant"] is None and fam["one"]["reason"] == "1 seed: no test possible"
     assert fam["flat"]["significant"] is None and "no spread" in fam["flat"]["reason"]
     assert fam["none"]["reason"] == "no paired seed"
     assert fam["ok"]["k"] == 1 and fam["ok"]["significant"] is True     # untestable ones are not in the family
-    assert plot.paired_diff({1: 3.0, 2: 3.3, 5: 9.9}, {1: 3.1, 2: 3.1, 7: 0.0}) == ([1, 2], pytest.approx([-0.1, 0.2]))
+    assert stats.paired_diff({1: 3.0, 2: 3.3, 5: 9.9}, {1: 3.1, 2: 3.1, 7: 0.0}) == ([1, 2], pytest.approx([-0.1, 0.2]))
 
 
 def test_holm_by_hand():
     # sorted: 0.005 <= .05/4 yes; 0.01 <= .05/3 yes; 0.03 <= .05/2 no -> stop (0.04 < .05 is NOT rejected)
-    adj, rej = plot.holm([0.01, 0.04, 0.03, 0.005])
+    adj, rej = stats.holm([0.01, 0.04, 0.03, 0.005])
     assert rej == [True, False, False, True]
     assert adj == pytest.approx([0.03, 0.06, 0.06, 0.02])
     # the step-down stops at the first failure even when a later p is below its own threshold
-    adj, rej = plot.holm([0.002, 0.03, 0.02, 0.049])
+    adj, rej = stats.holm([0.002, 0.03, 0.02, 0.049])
     assert rej == [True, False, False, False] and adj == pytest.approx([0.008, 0.06, 0.06, 0.06])
     # Holm rejects more than Bonferroni (0.015 > 0.05/3 but <= 0.05/2), None is passed through
-    adj, rej = plot.holm([0.01, None, 0.015, 0.04])
+    adj, rej = stats.holm([0.01, None, 0.015, 0.04])
     assert rej == [True, None, True, True] and adj == pytest.approx([0.03, None, 0.03, 0.04])
-    assert plot.holm([]) == ([], [])
+    assert stats.holm([]) == ([], [])
 
 
 def power_by_integration(effect_per_sd, n, k, alpha=0.05):
@@ -214,11 +217,11 @@ def shortcut_mde(sd, n, k):
 def test_mde_is_exact_80_percent_power(n, k):
     """At the MDE the paired t-test at level 0.05/k has 80% power: by numerical integration (no noncentral t)
     and by simulation. The shortcut falls short here (69-79%), so a return to it fails this test."""
-    mde = float(plot.min_detectable_effect(1.0, n, k))
+    mde = float(stats.min_detectable_effect(1.0, n, k))
     assert power_by_integration(mde, n, k) == pytest.approx(0.8, abs=1e-6)
     assert power_by_integration(shortcut_mde(1.0, n, k), n, k) < 0.795
     assert mde > shortcut_mde(1.0, n, k)
-    assert plot.min_detectable_effect(0.03, n, k) == pytest.approx(0.03 * mde)      # linear in the sd
+    assert stats.min_detectable_effect(0.03, n, k) == pytest.approx(0.03 * mde)      # linear in the sd
     rng = np.random.default_rng(100 * n + k)
     draws = 40_000
     x = rng.normal(mde, 1.0, size=(draws, n))
@@ -232,40 +235,40 @@ def test_seeds_needed_is_the_exact_smallest_count():
     at k = 6 the shortcut's count is one too few for some sds."""
     too_few = 0
     for sd, k in [(0.004, 1), (0.01, 1), (0.01, 6), (0.012, 6), (0.02, 6), (0.03, 6), (0.05, 1), (0.1, 6)]:
-        n = plot.seeds_needed(sd, k)
+        n = stats.seeds_needed(sd, k)
         assert power_by_integration(0.02 / sd, n, k) >= 0.8 - 1e-9, (sd, k, n)
         assert n == 2 or power_by_integration(0.02 / sd, n - 1, k) < 0.8, (sd, k, n)
         shortcut_n = next(m for m in range(2, 10_000) if shortcut_mde(sd, m, k) <= 0.02)
         too_few += shortcut_n < n
     assert too_few >= 1
-    assert plot.seeds_needed(10.0, 6) == plot.MAX_SEEDS + 1     # not reachable: reported as "> 100,000"
-    assert plot.seeds_needed(0.0001, 6) == 2
+    assert stats.seeds_needed(10.0, 6) == stats.MAX_SEEDS + 1     # not reachable: reported as "> 100,000"
+    assert stats.seeds_needed(0.0001, 6) == 2
 
 
 def test_power_ranges_over_the_sd_interval():
     """With n seeds the true sd lies in [lo, hi] x the observed one with 95% confidence (chi-square):
     (0.57, 3.73) at 4 seeds, as REFERENCE.md says; checked by simulation; the MDE and seeds-needed ranges
     are the same calculation at the interval's ends."""
-    lo, hi = plot.sd_ratio_interval(3)
+    lo, hi = stats.sd_ratio_interval(3)
     assert (lo, hi) == (pytest.approx(0.566, abs=1e-3), pytest.approx(3.729, abs=1e-3))
     rng = np.random.default_rng(7)
     s = rng.normal(0, 1.0, size=(40_000, 4)).std(1, ddof=1)
     covered = np.mean((lo * s <= 1.0) & (1.0 <= hi * s))
     assert abs(covered - 0.95) < 4 * math.sqrt(0.95 * 0.05 / 40_000)
-    fam = plot.add_power(plot.family_stats({"x": [-0.1, -0.12, -0.08, -0.1], "y": [0.01, -0.02, 0.0, 0.015]}))
+    fam = stats.add_power(stats.family_stats({"x": [-0.1, -0.12, -0.08, -0.1], "y": [0.01, -0.02, 0.0, 0.015]}))
     st = fam["x"]
     assert st["sd_ci"] == pytest.approx((st["sd"] * lo, st["sd"] * hi))
-    assert st["mde"] == pytest.approx(plot.min_detectable_effect(st["sd"], 4, 2))
+    assert st["mde"] == pytest.approx(stats.min_detectable_effect(st["sd"], 4, 2))
     assert st["mde_range"] == pytest.approx((st["mde"] * lo, st["mde"] * hi))
-    assert st["seeds_for_target"] == plot.seeds_needed(st["sd"], 2)
-    assert st["seeds_range"] == (plot.seeds_needed(st["sd"] * lo, 2), plot.seeds_needed(st["sd"] * hi, 2))
+    assert st["seeds_for_target"] == stats.seeds_needed(st["sd"], 2)
+    assert st["seeds_range"] == (stats.seeds_needed(st["sd"] * lo, 2), stats.seeds_needed(st["sd"] * hi, 2))
     assert st["seeds_range"][0] < st["seeds_for_target"] < st["seeds_range"][1]
 
 
 def analysis_of(samples, design="one-at-a-time", kind="comparisons"):
     """A report's analysis with just a family (no runs), for the report's sentences."""
-    fam = plot.add_power(plot.family_stats(samples))
-    return plot.Analysis({"design": design, "reference": plot.REFERENCE[design]}, {}, [], fam, kind, [])
+    fam = stats.add_power(stats.family_stats(samples))
+    return ablation_report.Analysis({"design": design, "reference": run_records.REFERENCE[design]}, {}, [], fam, kind, [])
 
 
 def test_power_never_claims_a_null_and_the_ci_does():
@@ -278,7 +281,7 @@ def test_power_never_claims_a_null_and_the_ci_does():
                      "edge": [0.0, 0.024, 0.004, 0.02, 0.016, 0.002]})
     edge = a.family["edge"]
     assert edge["significant"] is False and edge["mde"] <= 0.02 and edge["ci"][0] > 0 and edge["ci"][1] > 0.02
-    text = plot.power_line(a)
+    text = ablation_report.power_line(a)
     assert "probably" not in text and "real null" not in text
     assert "No effect larger than 0.02 nats (tiny): the whole interval at the verdicts' family-wise level" in text
     tiny = a.family["tiny"]  # the family level (Bonferroni over 3 tests) is wider than the per-comparison CI
@@ -291,11 +294,11 @@ def test_power_never_claims_a_null_and_the_ci_does():
     w = b.family["warmup"]
     assert -0.02 < w["ci"][0] and w["ci"][1] < 0.02 and w["within_target"] is False
     assert w["ci_family"] == pytest.approx((-0.0318, 0.0283), abs=5e-4)
-    assert "No effect larger" not in plot.power_line(b)
+    assert "No effect larger" not in ablation_report.power_line(b)
     assert "Not detected (edge) does not mean no effect" in text
-    assert plot.effect_word("edge", edge, a) == "not detected after Holm (CI alone excludes 0)"
-    assert plot.effect_word("tiny", a.family["tiny"], a) == "not detected"
-    verdict = plot.verdict_line(a)
+    assert ablation_report.effect_word("edge", edge, a) == "not detected after Holm (CI alone excludes 0)"
+    assert ablation_report.effect_word("tiny", a.family["tiny"], a) == "not detected"
+    verdict = ablation_report.verdict_line(a)
     assert "not detected: tiny, edge" in verdict
     assert "(edge: the per-comparison 95% CI excludes 0, but with 3 tests the corrected level is stricter" in verdict
 
@@ -303,19 +306,19 @@ def test_power_never_claims_a_null_and_the_ci_does():
 def test_no_test_wording_says_why():
     """No spread with 3 seeds: the advice is not 'use 3 seeds'; one seed: it is."""
     a = analysis_of({"flat": [0.1, 0.1, 0.1], "one": [0.2], "ok": [-0.1, -0.12, -0.08]})
-    text = plot.power_line(a)
+    text = ablation_report.power_line(a)
     flat = next(p for p in text.split("No test possible for ")[1:] if p.startswith("flat"))
     one = next(p for p in text.split("No test possible for ")[1:] if p.startswith("one"))
     assert "--seeds" not in flat and "same on every seed" in flat
     assert "--seeds 3 or more" in one
-    assert plot.effect_word("flat", a.family["flat"], a) == "no spread: no test"
+    assert ablation_report.effect_word("flat", a.family["flat"], a) == "no spread: no test"
 
 
 def test_leave_one_out_sentences_name_switches_alike():
     """Every sentence of a leave-one-out report names the switch (rope), never the folder (no_rope)."""
     a = analysis_of({"no_swiglu": [0.08, 0.081, 0.079], "no_rope": [0.01, -0.02, 0.005],
                      "no_cosine": [0.3, 0.3, 0.3]}, design="leave-one-out")
-    text = plot.verdict_line(a) + " " + plot.power_line(a)
+    text = ablation_report.verdict_line(a) + " " + ablation_report.power_line(a)
     assert "no_" not in text, text
     assert "helps inside the full recipe (removing it raises NLL): swiglu" in text and "not detected: rope" in text
     assert "No test possible for cosine" in text
@@ -326,7 +329,7 @@ def test_factorial_wording_interactions_apart_and_higher_orders_said():
     its three-way interaction is not estimated."""
     a = analysis_of({"A": [-0.1, -0.102, -0.098], "B": [0.001, -0.002, 0.0], "A × B": [-0.05, -0.051, -0.049]},
                     design="factorial", kind="effects")
-    verdict = plot.verdict_line(a)
+    verdict = ablation_report.verdict_line(a)
     assert "main effects: lower NLL: A; raise NLL: none; interactions: synergy (<0): A × B" in verdict
     lower = verdict.split("lower NLL:")[1].split(";")[0]
     assert "×" not in lower
@@ -346,7 +349,7 @@ def test_factorial_recovers_main_effect_and_interaction():
         return out
 
     # exact: main A = -0.1 + 0.04/2 = -0.08; main B = +0.02; A x B = ((-0.06) - (-0.1)) / 2 = +0.02
-    eff, used, skipped = plot.factorial_effects({1: cells(0, 0.0), 2: cells(0, 0.3)}, names)
+    eff, used, skipped = stats.factorial_effects({1: cells(0, 0.0), 2: cells(0, 0.3)}, names)
     assert used == [1, 2] and skipped == []
     assert eff["A"] == pytest.approx([-0.08, -0.08]) and eff["B"] == pytest.approx([0.02, 0.02])
     assert eff["A × B"] == pytest.approx([0.02, 0.02])
@@ -355,16 +358,16 @@ def test_factorial_recovers_main_effect_and_interaction():
     # with noise and 4 seeds, through the same statistics: A and A x B found, with the right sign
     by_seed = {s: cells(0.003, 0.1 * s) for s in range(1, 5)}
     del by_seed[4][frozenset({"C"})]                       # a seed missing a cell is left out
-    eff, used, skipped = plot.factorial_effects(by_seed, names)
+    eff, used, skipped = stats.factorial_effects(by_seed, names)
     assert used == [1, 2, 3] and skipped == [4]
-    fam = plot.family_stats(eff)
+    fam = stats.family_stats(eff)
     assert len(fam) == 6 and all(st["k"] == 6 for st in fam.values())
     assert fam["A"]["significant"] and fam["A"]["mean"] == pytest.approx(-0.08, abs=0.01)
     assert fam["A × B"]["significant"] and fam["A × B"]["mean"] == pytest.approx(0.02, abs=0.01)
     assert fam["B"]["significant"] and not fam["C"]["significant"]
 
 # -----------------------------------------------------------------------------
-# designs: ablate.py makes them (test_ablate.py); plot.py only reads design.json
+# designs: ablate.py makes them (test_ablate.py); plot.py only reads design.json (run_records.py)
 
 
 def test_plot_py_makes_no_designs(capsys, tmp_path):
@@ -382,16 +385,16 @@ def test_a_new_registered_switch_is_read_from_design_json(monkeypatch):
     monkeypatch.setitem(train.CONFIG_FIELDS, "use_zzz", SimpleNamespace(metadata={"switch": True, "ablate": True,
                                                                                     "shape": False, "help": "t"}))
     d = ablate.make_design()
-    assert plot.on_label(DEFAULT + ["zzz"], d["switches"], "one-at-a-time") == f"all ({len(DEFAULT) + 1})"
+    assert ablation_report.on_label(DEFAULT + ["zzz"], d["switches"], "one-at-a-time") == f"all ({len(DEFAULT) + 1})"
 
 # -----------------------------------------------------------------------------
 # loading and plain mode
 
 
 def test_mean_std_and_ema():
-    assert plot.mean_std([3.0, 3.2]) == (pytest.approx(3.1), pytest.approx(0.1414213, rel=1e-5))
-    assert plot.mean_std([3.0]) == (3.0, None)
-    assert list(plot.ema([2.0, 2.0, 2.0], 0.9)) == pytest.approx([2.0, 2.0, 2.0])   # bias-corrected
+    assert stats.mean_std([3.0, 3.2]) == (pytest.approx(3.1), pytest.approx(0.1414213, rel=1e-5))
+    assert stats.mean_std([3.0]) == (3.0, None)
+    assert list(stats.ema([2.0, 2.0, 2.0], 0.9)) == pytest.approx([2.0, 2.0, 2.0])   # bias-corrected
 
 
 def test_clean_events_resume_and_duplicates():
@@ -405,23 +408,23 @@ def test_clean_events_resume_and_duplicates():
         {"event": "eval", "step": 20, "val_nll": 4.2},
         {"event": "mystery", "step": 25},
     ]
-    _, train_rows, evals = plot.clean_events(events)
+    _, train_rows, evals = run_records.clean_events(events)
     assert [(r["step"], r["train_nll"]) for r in train_rows] == [(10, 5.0), (20, 4.5)]
     assert [r["step"] for r in evals] == [20]
 
 
 def test_run_identity():
-    assert plot.run_identity(Path("/x/abl/swiglu/seed3")) == ("swiglu/seed3", "swiglu", 3)
-    assert plot.run_identity(Path("/x/out/shakespeare")) == ("shakespeare", "shakespeare", None)
+    assert run_records.run_identity(Path("/x/abl/swiglu/seed3")) == ("swiglu/seed3", "swiglu", 3)
+    assert run_records.run_identity(Path("/x/out/shakespeare")) == ("shakespeare", "shakespeare", None)
 
 
 def test_run_numbers_new_and_old_results(tmp_path):
-    new = plot.load_run(make_run(tmp_path / "new", 3.0, results=NEW_KEYS))
+    new = run_records.load_run(make_run(tmp_path / "new", 3.0, results=NEW_KEYS))
     assert new.val_nll_se == 0.004 and new.tokens == 51_200 and new.train_time == 9.0 and new.eval_time == 1.0
     assert new.tokens_per_s == pytest.approx(51_200 / 9.0)            # training throughput
-    old = plot.load_run(make_run(tmp_path / "old", 3.0))
+    old = run_records.load_run(make_run(tmp_path / "old", 3.0))
     assert old.val_nll_se is None and old.train_time is None and old.tokens_per_s == 5000.0
-    part = plot.load_run(make_run(tmp_path / "part", 3.0, finished=False))
+    part = run_records.load_run(make_run(tmp_path / "part", 3.0, finished=False))
     assert part.tokens == 100 * 512 and part.wall_time == pytest.approx(10.0)
 
 
@@ -450,8 +453,8 @@ def test_plain_mode_names_runs_by_what_they_trained(tmp_path, capsys):
             make_run(tmp_path / "rope", 2.95, on=["rope", "cosine"]),
             make_run(tmp_path / "abl" / "baseline" / "seed2", 3.1, seed=2, on=["swiglu"]),
             make_run(tmp_path / "shakespeare", 3.2, on=["rope"])]
-    runs = [plot.load_run(p) for p in logs]
-    assert [plot.run_label(r) for r in runs] == [
+    runs = [run_records.load_run(p) for p in logs]
+    assert [run_records.run_label(r) for r in runs] == [
         "rmsnorm (folder baseline)", "swiglu+rope", "rope+cosine (folder rope)",
         "swiglu/seed2 (folder baseline/seed2)", "shakespeare"]
     out = tmp_path / "nll.png"
@@ -459,7 +462,7 @@ def test_plain_mode_names_runs_by_what_they_trained(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert any(l.startswith("rmsnorm (folder baseline)  ") for l in lines)
     assert not any(l.startswith("baseline ") for l in lines)
-    fig = plot._pyplot().figure()
+    fig = ablation_report.pyplot().figure()
     ax = fig.add_subplot()
     plot.plot_runs(ax, runs, None)
     assert [t.get_text() for t in ax.get_legend().get_texts()][0] == "rmsnorm (folder baseline)"
@@ -469,7 +472,7 @@ def test_plain_mode_names_runs_by_what_they_trained(tmp_path, capsys):
         for s in (1, 2):
             make_run(root / exp / f"seed{s}", 3.0 + 0.1 * s - 0.05 * (exp == "swiglu"), exp, s,
                      on=["rope"] if (exp, s) == ("baseline", 2) else on)
-    a = plot.analyze([plot.load_run(p) for p in all_logs(root)])
+    a = ablation_report.analyze([run_records.load_run(p) for p in all_logs(root)])
     assert any(n.startswith("WARNING: the config of baseline/seed2 has other switches on") for n in a.notes)
 
 
@@ -477,7 +480,7 @@ def test_malformed_and_unknown_lines_are_skipped(tmp_path, capsys):
     log = make_run(tmp_path / "run", 3.0, finished=False,
                    extra_lines=['{"event": "weird", "step": 3}', '{"event": "train", "step": 200, "train_n'])
     assert plot.main([str(log), "-o", str(tmp_path / "a.png")]) == 0
-    run = plot.load_run(log)
+    run = run_records.load_run(log)
     assert run.steps == 100 and run.val_nll == pytest.approx(3.0)
 
 
@@ -513,7 +516,7 @@ def test_cli_entry_point_errors():
 def test_report_one_at_a_time(ablation_dir, capsys):
     pdf = ablation_dir / "report.pdf"
     assert plot.main(all_logs(ablation_dir) + ["--report", str(pdf), "--no_samples"]) == 0
-    assert pdf.exists() and plot.count_pdf_pages(pdf) == 1
+    assert pdf.exists() and ablation_report.count_pdf_pages(pdf) == 1
     assert (ablation_dir / "report.png").read_bytes()[:4] == b"\x89PNG"
     md = (ablation_dir / "report.md").read_text()
     assert "![Forest plot: each comparison's paired difference with its 95% CI, Holm verdict and MDE; paired " \
@@ -529,11 +532,11 @@ def test_report_one_at_a_time(ablation_dir, capsys):
     assert lo < -0.1 < hi < 0
     assert cell("rmsnorm", "verdict") == "worse" and cell("all", "verdict") == "better"
     assert cell("warmup", "verdict") == "not detected" and cell("rope", "verdict") == "not detected"
-    a = plot.analyze([plot.load_run(p) for p in all_logs(ablation_dir)])
+    a = ablation_report.analyze([run_records.load_run(p) for p in all_logs(ablation_dir)])
     assert a.family["swiglu"]["p_holm"] >= a.family["swiglu"]["p"] and cell("swiglu", "p") == "<0.0001"
     mde = a.family["warmup"]
     assert cell("warmup", "MDE 80% (sd range)") == f"{mde['mde']:.3f} ({mde['mde_range'][0]:.3f}-{mde['mde_range'][1]:.3f})"
-    assert cell("warmup", f"seeds for {plot.TARGET} (sd range)") == \
+    assert cell("warmup", f"seeds for {stats.TARGET} (sd range)") == \
         f"{mde['seeds_for_target']} ({mde['seeds_range'][0]}-{mde['seeds_range'][1]:,})"
     assert cell("swiglu", "tokens") == "51,200" and cell("swiglu", "tokens/s (train)") == "5,689"
     assert cell("swiglu", "time train / eval") == "9.0s / 1.0s"
@@ -552,17 +555,17 @@ def test_report_figures_show_the_answer(ablation_dir):
     it, a +-MDE band, the zero line) and the paired difference of val NLL against step (mean over seeds with
     its 95% band); the NLL panel's y-range is fitted to the end of training. Built the same way for the PDF
     page and report.png."""
-    a = plot.analyze([plot.load_run(p) for p in all_logs(ablation_dir)])
+    a = ablation_report.analyze([run_records.load_run(p) for p in all_logs(ablation_dir)])
     # the synthetic curves are final + 8 (1 - step/100)^3, so each paired Δ is the same at every evaluation
-    curves = plot.delta_curves(a)
+    curves = ablation_report.delta_curves(a)
     steps, mean, lo, hi = curves["swiglu"]
     assert list(steps) == [0, 50, 100] and mean == pytest.approx([-0.1] * 3, abs=1e-9)
     d = np.array(SHIFT["rope"])
     half = scipy.stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
     assert curves["rope"][2] == pytest.approx([d.mean() - half] * 3) and curves["rope"][3] == pytest.approx([d.mean() + half] * 3)
-    plt = plot._pyplot()
+    plt = ablation_report.pyplot()
     fig = plt.figure()
-    forest, delta, nll = plot.plot_report_panels(fig, a, None, [[0.1, 0.6, 0.35, 0.3], [0.6, 0.6, 0.35, 0.3],
+    forest, delta, nll = ablation_report.plot_report_panels(fig, a, None, [[0.1, 0.6, 0.35, 0.3], [0.6, 0.6, 0.35, 0.3],
                                                                  [0.1, 0.1, 0.8, 0.35]])
     names = list(a.family)
     assert [t.get_text() for t in forest.get_yticklabels()] == [f"{x} (3)" for x in names]
@@ -585,7 +588,7 @@ def test_report_figures_show_the_answer(ablation_dir):
     # a seed without the step-50 evaluation: swiglu's Δ skips that step (a mean over fewer seeds would jump)
     run = a.groups["swiglu"][1]
     run.evals = [r for r in run.evals if r["step"] != 50]
-    assert list(plot.delta_curves(a)["swiglu"][0]) == [0, 100]
+    assert list(ablation_report.delta_curves(a)["swiglu"][0]) == [0, 100]
 
 
 def test_report_without_curves_says_so(tmp_path):
@@ -594,13 +597,13 @@ def test_report_without_curves_says_so(tmp_path):
     root = tmp_path / "abl"
     logs = [make_run(root / exp / f"seed{s}", BASE[s - 1] + SHIFT[exp][s - 1], exp, s)
             for exp in ("baseline", "swiglu") for s in (1, 2, 3)]
-    runs = [plot.load_run(p) for p in logs]
+    runs = [run_records.load_run(p) for p in logs]
     for r in runs:
         r.evals, r.train = [], []
-    a = plot.analyze(runs)
-    plt = plot._pyplot()
+    a = ablation_report.analyze(runs)
+    plt = ablation_report.pyplot()
     fig = plt.figure()
-    forest, delta, nll = plot.plot_report_panels(fig, a, None, [[0.1, 0.6, 0.35, 0.3], [0.6, 0.6, 0.35, 0.3],
+    forest, delta, nll = ablation_report.plot_report_panels(fig, a, None, [[0.1, 0.6, 0.35, 0.3], [0.6, 0.6, 0.35, 0.3],
                                                                  [0.1, 0.1, 0.8, 0.35]])
     assert [t.get_text() for t in forest.get_yticklabels()] == ["swiglu (3)"]
     assert "no per-step validation curves in the input" in " ".join(t.get_text() for t in delta.texts)
@@ -618,16 +621,16 @@ def test_report_one_seed_time_matched_and_missing_ckpt(tmp_path, capsys):
     md = (root / "report.md").read_text()
     assert "1 seed: no test possible" in md and "time-matched: max_time = 30m" in md
     assert md.count("(no checkpoint)") == 2 and "Design: one-at-a-time (inferred" in md
-    assert plot.count_pdf_pages(pdf) == 1
+    assert ablation_report.count_pdf_pages(pdf) == 1
 
 
 def test_report_warns_about_unequal_tokens(ablation_dir):
     make_run(ablation_dir / "rope" / "seed2", 3.1, "rope", 2, steps=120, results=NEW_KEYS | {"tokens": 61_440})
-    a = plot.analyze([plot.load_run(p) for p in all_logs(ablation_dir)])
-    line, unequal = plot.tokens_line(a)
+    a = ablation_report.analyze([run_records.load_run(p) for p in all_logs(ablation_dir)])
+    line, unequal = ablation_report.tokens_line(a)
     assert unequal and line.startswith("WARNING: the runs trained on DIFFERENT token counts (51,200 to 61,440)")
-    assert (line, "warn") in plot.report_text(a)                     # bold red on the page
-    plot.write_report_md(ablation_dir / "r.md", "r.png", a, {}, "Samples: skipped", "t")
+    assert (line, "warn") in ablation_report.report_text(a)                     # bold red on the page
+    ablation_report.write_report_md(ablation_dir / "r.md", "r.png", a, {}, "Samples: skipped", "t")
     md = (ablation_dir / "r.md").read_text()
     assert f"**{line}**" in md and md_rows(md)["rope"][4] == "51,200-61,440 (!)"
 
@@ -646,7 +649,7 @@ def test_report_names_failed_runs_and_uses_finished_pairs(ablation_dir, capsys):
     for run in ("rope/seed2", "warmup/seed1"):
         (ablation_dir / run / "results.json").unlink()
     logs = all_logs(ablation_dir)
-    runs = {r.name: r for r in map(plot.load_run, logs)}
+    runs = {r.name: r for r in map(run_records.load_run, logs)}
     assert runs["rope/seed2"].status_text == "diverged at step 180" and math.isnan(runs["rope/seed2"].val_nll)
     assert runs["cosine/seed3"].status_text == "diverged at the final evaluation (step 100)"
     assert runs["warmup/seed1"].status == "unfinished" and runs["swiglu/seed1"].status == "finished"
@@ -666,7 +669,7 @@ def test_report_names_failed_runs_and_uses_finished_pairs(ablation_dir, capsys):
     rope = [BASE[s - 1] + SHIFT["rope"][s - 1] for s in (1, 3)]
     assert cell("rope", "val NLL (mean ± std)") == f"{np.mean(rope):.4f} ± {np.std(rope, ddof=1):.4f}"
     assert cell("rope", "Δ vs baseline") == f"{np.mean([SHIFT['rope'][0], SHIFT['rope'][2]]):+.4f}"
-    a = plot.analyze(list(runs.values()))
+    a = ablation_report.analyze(list(runs.values()))
     assert a.family["rope"]["n"] == 2 and a.used_seeds["rope"] == [1, 3]
     verdict = next(l for l in md.splitlines() if "Verdict" in l)
     assert "rope: 1 of 3 seeds diverged at step 180 (seed 2)" in verdict
@@ -686,13 +689,13 @@ def test_report_states_the_pairs_of_unpaired_seeds(tmp_path):
         for seed, v in enumerate(vals, 1):
             if (exp, seed) != ("swiglu", 4):
                 make_run(root / exp / f"seed{seed}", v, exp, seed, finished=(exp, seed) != ("baseline", 2))
-    a, _ = plot.write_report([plot.load_run(p) for p in all_logs(root)], root / "report.pdf", None, {}, "Samples: -")
+    a, _ = ablation_report.write_report([run_records.load_run(p) for p in all_logs(root)], root / "report.pdf", None, {}, "Samples: -")
     rows = md_rows((root / "report.md").read_text())
     col = {h: i for i, h in enumerate(rows["experiment"])}
     assert rows["swiglu"][col["seeds"]] == "3" and rows["baseline"][col["seeds"]] == "3 of 4 (1 unfinished)"
     assert rows["swiglu"][col["pairs"]] == "2 (seeds 1, 3)"
     assert rows["swiglu"][col["Δ vs baseline"]] == "-0.1000"             # (2.9 - 3.0 + 3.0 - 3.1) / 2
-    assert "4 seed(s) (1-4)" in plot.design_line(a)
+    assert "4 seed(s) (1-4)" in ablation_report.design_line(a)
 
 
 def test_report_from_runs_json(tmp_path, capsys):
@@ -703,7 +706,7 @@ def test_report_from_runs_json(tmp_path, capsys):
     for exp in ("baseline", "swiglu", "rope"):
         for s in (1, 2, 3):
             make_run(root / exp / f"seed{s}", BASE[s - 1] + SHIFT[exp][s - 1], exp, s, results=NEW_KEYS)
-    runs = [plot.load_run(p) for p in all_logs(root)]
+    runs = [run_records.load_run(p) for p in all_logs(root)]
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     entries = [{k: v for k, v in r.results.items() if k != "config"} | {"experiment": r.experiment, "seed": r.seed}
@@ -712,8 +715,8 @@ def test_report_from_runs_json(tmp_path, capsys):
     design = ablate.make_design("one-at-a-time", ablate.choose_switches(["swiglu", "rope"]))
     (shipped / "design.json").write_text(json.dumps(design))
     assert plot.main([str(shipped / "runs.json"), "--report", str(shipped / "report.pdf"), "--no_samples"]) == 0
-    from_json = plot.analyze(plot.load_runs_json(shipped / "runs.json"))
-    from_logs = plot.analyze(runs, design)
+    from_json = ablation_report.analyze(run_records.load_runs_json(shipped / "runs.json"))
+    from_logs = ablation_report.analyze(runs, design)
     assert from_json.design["source"] == "design.json"
     for name in ("swiglu", "rope", "all"):
         if name in from_logs.family:
@@ -740,7 +743,7 @@ def test_report_leave_one_out(tmp_path):
             noise = 0.002 * ((seed * 7 + len(e["name"])) % 5 - 2)
             make_run(root / e["name"] / f"seed{seed}", BASE[seed - 1] + shift[e["name"]] + noise, e["name"], seed,
                      on=e["on"])
-    a, _ = plot.write_report([plot.load_run(p) for p in all_logs(root)], root / "report.pdf", None, {}, "Samples: -")
+    a, _ = ablation_report.write_report([run_records.load_run(p) for p in all_logs(root)], root / "report.pdf", None, {}, "Samples: -")
     md = (root / "report.md").read_text()
     rows = md_rows(md)
     assert list(rows)[1:] == ["all", "no_swiglu", "no_rope", "no_cosine"]
@@ -748,7 +751,7 @@ def test_report_leave_one_out(tmp_path):
     assert "Δ vs all" in rows["experiment"] and rows["no_swiglu"][rows["experiment"].index("verdict")] == "swiglu helps"
     assert "helps inside the full recipe (removing it raises NLL): swiglu" in md
     assert "Δ > 0 means x helps inside the full recipe" in md
-    assert plot.count_pdf_pages(root / "report.pdf") == 1
+    assert ablation_report.count_pdf_pages(root / "report.pdf") == 1
 
 
 def factorial_dir(root, switches, seeds=(1, 2), design_json=True):
@@ -770,10 +773,10 @@ def factorial_dir(root, switches, seeds=(1, 2), design_json=True):
 def test_report_factorial_16_experiments_fits_one_page(tmp_path):
     root = tmp_path / "fac"
     factorial_dir(root, ["swiglu", "rope", "rmsnorm", "cosine"], seeds=(1, 2, 3))
-    runs = [plot.load_run(p) for p in all_logs(root)]
-    samples = {e: (f"{e}/seed1", "word " * 300) for e in plot.group_by_experiment(runs)}
-    a, _ = plot.write_report(runs, root / "report.pdf", None, samples, "Samples: test")
-    assert len(a.groups) == 16 and plot.count_pdf_pages(root / "report.pdf") == 1
+    runs = [run_records.load_run(p) for p in all_logs(root)]
+    samples = {e: (f"{e}/seed1", "word " * 300) for e in run_records.group_by_experiment(runs)}
+    a, _ = ablation_report.write_report(runs, root / "report.pdf", None, samples, "Samples: test")
+    assert len(a.groups) == 16 and ablation_report.count_pdf_pages(root / "report.pdf") == 1
     md = (root / "report.md").read_text()
     assert "Design: factorial (design.json)" in md and "Holm-corrected over 10 effects" in md
     effects = md_rows(md.split("Effects (per-seed contrasts")[1])
@@ -793,19 +796,19 @@ def test_report_factorial_16_experiments_fits_one_page(tmp_path):
 def test_report_factorial_inferred_without_design_json(tmp_path):
     root = tmp_path / "fac"
     factorial_dir(root, ["swiglu", "rope", "cosine"], design_json=False)
-    a = plot.analyze([plot.load_run(p) for p in all_logs(root)])
+    a = ablation_report.analyze([run_records.load_run(p) for p in all_logs(root)])
     assert a.design["design"] == "factorial" and "inferred" in a.design["source"]
     assert [s["name"] for s in a.design["switches"]] == ["swiglu", "rope", "cosine"]
     assert a.family["swiglu"]["mean"] == pytest.approx(-0.08, abs=0.005)
     assert a.family["swiglu × rope"]["mean"] == pytest.approx(0.02, abs=0.005)
     # every cell's val curve is its final NLL + the same shape, so each effect is the same at every evaluation
-    curves = plot.delta_curves(a)
+    curves = ablation_report.delta_curves(a)
     assert set(curves) == set(a.family)
     for e, (steps, mean, _, _) in curves.items():
         assert list(steps) == [0, 50, 100] and mean == pytest.approx([a.family[e]["mean"]] * 3, abs=1e-9), e
     # one cell of seed 1 without the step-50 evaluation: no effect has a point there (seed 2 alone would jump)
     a.groups["swiglu+rope"][0].evals = [r for r in a.groups["swiglu+rope"][0].evals if r["step"] != 50]
-    assert all(list(steps) == [0, 100] for steps, *_ in plot.delta_curves(a).values())
+    assert all(list(steps) == [0, 100] for steps, *_ in ablation_report.delta_curves(a).values())
 
 
 def assert_text_inside_page(fig):
@@ -820,7 +823,7 @@ def assert_text_inside_page(fig):
         bb = t.get_window_extent(renderer)
         assert page.x0 - 1 <= bb.x0 and bb.x1 <= page.x1 + 1 and page.y0 - 1 <= bb.y0 and bb.y1 <= page.y1 + 1, \
             (t.get_text()[:60], bb, page)
-    plot._pyplot().close(fig)
+    ablation_report.pyplot().close(fig)
 
 
 def test_report_text_fits_on_page(tmp_path):
@@ -828,20 +831,20 @@ def test_report_text_fits_on_page(tmp_path):
     the samples are cleaned and truncated, and every text stays inside the page."""
     root = tmp_path / "fac"
     factorial_dir(root, ["swiglu", "rope", "rmsnorm", "cosine"])
-    a = plot.analyze([plot.load_run(p) for p in all_logs(root)])
+    a = ablation_report.analyze([run_records.load_run(p) for p in all_logs(root)])
     messy = "word\x00\x1b[31m\tnew\nline " * 200 + "x" * 500
-    samples = {e: (g[0].name, plot.clean_text(messy)) for e, g in a.groups.items()}
+    samples = {e: (g[0].name, ablation_report.clean_text(messy)) for e, g in a.groups.items()}
     assert "\n" not in samples["all"][1] and "\x00" not in samples["all"][1]
-    assert_text_inside_page(plot.build_report_figure(a, samples, "Samples: test", 0.9, "t"))
+    assert_text_inside_page(ablation_report.build_report_figure(a, samples, "Samples: test", 0.9, "t"))
 
 
 def test_count_pdf_pages(tmp_path):
-    plt = plot._pyplot()
+    plt = ablation_report.pyplot()
     from matplotlib.backends.backend_pdf import PdfPages
     path = tmp_path / "two.pdf"
     with PdfPages(path) as pdf:
         for _ in range(2):
-            fig = plt.figure(figsize=plot.A4_PORTRAIT)
+            fig = plt.figure(figsize=ablation_report.A4_PORTRAIT)
             pdf.savefig(fig)
             plt.close(fig)
-    assert plot.count_pdf_pages(path) == 2
+    assert ablation_report.count_pdf_pages(path) == 2

@@ -1,8 +1,8 @@
-"""Tests of the study report (plot.py --study, issue 16's reading side) on synthetic study folders written
-here in ablate.py's layout (study.json, choice.json, results.json and log.txt files; no training):
-the compute multiplier (a variant worth exactly 2x compute, by interpolation and by a fitted law with its
-residuals; bounds, never numbers, past the measured range; training FLOPs and non-embedding compute), its
-interval (coverage on simulated studies at 3-5 seeds, the pairing, agreement with the paired t interval),
+"""Tests of the study report (plot.py --study, study_report.py; issue 16's reading side) on synthetic study
+folders written here in ablate.py's layout (study.json, choice.json, results.json and log.txt files; no
+training): the compute multiplier (a variant worth exactly 2x compute, by interpolation and by a fitted law
+with its residuals; bounds, never numbers, past the measured range; training FLOPs and non-embedding compute),
+its interval (coverage on simulated studies at 3-5 seeds, the pairing, agreement with the paired t interval),
 the sensitivity figure (chosen point, diverged values, log axis), the edge-of-grid warning, the per-size
 verdicts, failed runs named, and the command line. Run: pytest -q test_study_report.py"""
 
@@ -15,7 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import ablation_report
 import plot
+import run_records
+import stats
+import study_report
 
 C0 = 1e12        # FLOPs of the smallest synthetic size
 TOKENS = 100_000
@@ -99,10 +103,10 @@ def test_multiplier_is_2_by_interpolation_in_both_measures(tmp_path):
     """A law straight in log C, a variant worth exactly 2x compute: 2.0 at the two smaller sizes in both measures
     of compute (here equal: non-embedding compute = FLOPs), an interval around it; at the largest size the
     variant's loss is below every baseline loss, so its multiplier is only a bound, never a number."""
-    study = plot.load_study(two_x_study(tmp_path, log_law, 3))
-    method, ms, notes = plot.compute_multipliers(study)
+    study = study_report.load_study(two_x_study(tmp_path, log_law, 3))
+    method, ms, notes = study_report.compute_multipliers(study)
     assert "straight lines in log C" in method and "never extrapolated" in method and notes == []
-    assert [(m.size, m.measure) for m in ms] == [(f"n_layer={i}", x) for x in plot.MEASURES for i in (1, 2, 3)]
+    assert [(m.size, m.measure) for m in ms] == [(f"n_layer={i}", x) for x in study_report.MEASURES for i in (1, 2, 3)]
     for m in ms:
         if m.size != "n_layer=3":
             assert m.value == pytest.approx(2.0, rel=1e-9) and m.warning is None
@@ -119,7 +123,7 @@ def test_no_number_past_the_measured_range(tmp_path):
                                    "rope": ([log_law(C0 * 4 ** i) + (0.05 if i == 0 else -0.05) + e for e in NOISE],
                                             C0 * 4 ** i)}) for i in range(3)]
     root = make_study(tmp_path, sizes)
-    _, ms, _ = plot.compute_multipliers(plot.load_study(root))
+    _, ms, _ = study_report.compute_multipliers(study_report.load_study(root))
     first, last = ms[0], ms[2]
     assert (first.value, last.value) == (0.0, math.inf)
     assert "before the smallest measured baseline" in first.warning and "1/2 and 1/4" in first.warning
@@ -141,7 +145,7 @@ def test_non_embedding_compute_leaves_out_the_head(tmp_path):
     sizes = [(f"n_layer={i + 1}", {"baseline": ([log_law(C0 * 4 ** i) + e for e in NOISE], C0 * 4 ** i, 1e3 * 16 ** i),
                                    "rope": ([log_law(2 * C0 * 4 ** i) + e for e in NOISE], C0 * 4 ** i, 1e3 * 16 ** i)})
              for i in range(3)]
-    method, ms, _ = plot.compute_multipliers(plot.load_study(make_study(tmp_path, sizes)))
+    method, ms, _ = study_report.compute_multipliers(study_report.load_study(make_study(tmp_path, sizes)))
     by = {(m.size, m.measure): m.value for m in ms}
     assert by[("n_layer=1", "training FLOPs")] == pytest.approx(2.0) and \
         by[("n_layer=1", "non-embedding 6ND")] == pytest.approx(4.0)
@@ -154,7 +158,7 @@ def test_fitted_law_only_with_more_sizes_than_parameters_and_its_residuals(tmp_p
     """5 sizes on L = 2 (C/C0)^-0.25 + 1.5: the law is fitted (b = 0.25, c = 1.5, residuals 0) and its multiplier
     is 2.0 inside the range; the headline number stays the interpolation (close to 2, not exact on a curve).
     3 sizes: no law."""
-    method, ms, _ = plot.compute_multipliers(plot.load_study(two_x_study(tmp_path / "five", law, 5)))
+    method, ms, _ = study_report.compute_multipliers(study_report.load_study(two_x_study(tmp_path / "five", law, 5)))
     assert "b = 0.25" in method and "c = 1.5000" in method and "2 residual degree(s) of freedom" in method
     assert method.count("+0.0000 (se 0.0023, n_layer=") == 10       # 5 sizes, 2 measures of compute
     for m in ms:
@@ -164,7 +168,7 @@ def test_fitted_law_only_with_more_sizes_than_parameters_and_its_residuals(tmp_p
             assert m.law is None and m.value == math.inf
     md = report_md(tmp_path / "five")
     assert "| law, training FLOPs | law, non-embedding 6ND |" in md
-    method, ms, _ = plot.compute_multipliers(plot.load_study(two_x_study(tmp_path / "three", law, 3)))
+    method, ms, _ = study_report.compute_multipliers(study_report.load_study(two_x_study(tmp_path / "three", law, 3)))
     assert "fitted" not in method and all(m.law is None for m in ms)
 
 
@@ -178,8 +182,8 @@ def test_multiplier_when_an_arm_or_the_reference_lacks_a_seed(tmp_path):
                             "rope": ([log_law(2 * c[1]) + e for e in (-0.011, 0.0, 0.012)], c[1])}),
              ("n_layer=3", {"baseline": ([log_law(c[2]) + e for e in NOISE], c[2]),
                             "rope": ([log_law(2 * c[2]) + e for e in NOISE], c[2])})]
-    study = plot.load_study(make_study(tmp_path, sizes))
-    _, ms, _ = plot.compute_multipliers(study)
+    study = study_report.load_study(make_study(tmp_path, sizes))
+    _, ms, _ = study_report.compute_multipliers(study)
     m1, m2 = ms[0], ms[1]
     assert m1.loss == pytest.approx(log_law(2 * c[0]) + np.mean([-0.012 + 0.01, 0.003 - 0.0]))
     assert m2.loss == pytest.approx(log_law(2 * c[1]) + np.mean([-0.011 + 0.01, 0.0 - 0.01]))
@@ -193,31 +197,31 @@ def test_multiplier_when_an_arm_or_the_reference_lacks_a_seed(tmp_path):
 
 def test_fit_power_law_recovers_known_parameters():
     logc = np.log(np.array([1, 3, 10, 30, 100.0]))[None]
-    a, b, c = plot.fit_power_law(logc, 0.7 * np.exp(-0.4 * logc) + 2.1)
+    a, b, c = stats.fit_power_law(logc, 0.7 * np.exp(-0.4 * logc) + 2.1)
     assert (a[0], b[0], c[0]) == pytest.approx((0.7, 0.4, 2.1), rel=1e-6)
     # loss rising with compute: no law of this family (a > 0)
-    assert np.isnan(plot.fit_power_law(logc, 2.0 + 0.1 * logc)[0][0])
+    assert np.isnan(stats.fit_power_law(logc, 2.0 + 0.1 * logc)[0][0])
 
 
 def test_first_crossing_never_extrapolates():
     logc = np.log([1.0, 4.0, 16.0])
     curve = np.array([[3.0, 2.0, 1.5]] * 5)
-    got = plot.first_crossing(np.array([3.0, 2.5, 1.5, 3.1, 1.4]), logc, curve)
+    got = stats.first_crossing(np.array([3.0, 2.5, 1.5, 3.1, 1.4]), logc, curve)
     assert list(got) == pytest.approx([0.0, np.log(2.0), np.log(16.0), -np.inf, np.inf])
     # a curve that rises again: the first compute at which it reaches the target
-    assert plot.first_crossing(np.array([2.0]), logc, np.array([[3.0, 1.0, 2.5]]))[0] == pytest.approx(np.log(2.0))
+    assert stats.first_crossing(np.array([2.0]), logc, np.array([[3.0, 1.0, 2.5]]))[0] == pytest.approx(np.log(2.0))
 
 
 def test_no_multiplier_when_the_baseline_does_not_improve(tmp_path):
     sizes = [(f"n_layer={i + 1}", {"baseline": ([3.0 + 0.1 * (i == 1) + e for e in NOISE], C0 * 4 ** i),
                                    "rope": ([2.9 + e for e in NOISE], C0 * 4 ** i)}) for i in range(3)]
-    _, ms, notes = plot.compute_multipliers(plot.load_study(make_study(tmp_path, sizes)))
+    _, ms, notes = study_report.compute_multipliers(study_report.load_study(make_study(tmp_path, sizes)))
     assert ms == [] and sum("does not fall with compute" in n for n in notes) == 2   # once per measure
 
 
 def test_one_size_gives_no_multiplier_and_says_why(tmp_path):
     root = make_study(tmp_path, [("", {"baseline": ([3.0, 3.1, 3.05], C0), "rope": ([2.9, 3.0, 2.96], C0)})])
-    method, ms, _ = plot.compute_multipliers(plot.load_study(root))
+    method, ms, _ = study_report.compute_multipliers(study_report.load_study(root))
     assert ms == [] and "two or more sizes" in method
 
 # -----------------------------------------------------------------------------
@@ -236,8 +240,8 @@ def simulate(n, j, delta, rho, sigma=0.05, studies=2000, seed=0):
     ref = [CURVE[i] + sigma * rng.standard_normal((studies, n)) for i in range(3)]
     arm = CURVE[j] + delta + rho * (ref[j] - CURVE[j]) + math.sqrt(1 - rho ** 2) * sigma * rng.standard_normal(
         (studies, n))
-    truth = plot.first_crossing(np.array([CURVE[j] + delta]), LOGC, CURVE[None])[0] - LOGC[j]
-    return truth, plot.log_multiplier(ref, arm - ref[j], j, LOGC, LOGC[j]), arm - ref[j]
+    truth = stats.first_crossing(np.array([CURVE[j] + delta]), LOGC, CURVE[None])[0] - LOGC[j]
+    return truth, stats.log_multiplier(ref, arm - ref[j], j, LOGC, LOGC[j]), arm - ref[j]
 
 
 @pytest.mark.parametrize("n", [3, 4, 5])
@@ -275,7 +279,7 @@ def test_pairing_narrows_the_interval(tmp_path):
         rotated.append((f"n_layer={i + 1}", {"baseline": (base, c), "rope": (arm[1:] + arm[:1], c)}))
     width = {}
     for name, s in (("paired", sizes), ("rotated", rotated)):
-        _, ms, _ = plot.compute_multipliers(plot.load_study(make_study(tmp_path / name, s, seeds=4)))
+        _, ms, _ = study_report.compute_multipliers(study_report.load_study(make_study(tmp_path / name, s, seeds=4)))
         m = ms[1]     # the middle size: inside the measured range
         assert m.value == pytest.approx(1.5, rel=0.1) and m.interval[0] < m.value < m.interval[1] < math.inf
         width[name] = math.log(m.interval[1] / m.interval[0])
@@ -289,7 +293,7 @@ def test_interval_excludes_1_only_where_the_paired_t_interval_excludes_0():
     for delta in (-0.03, 0.0, 0.03):
         _, (est, lo, hi), diffs = simulate(4, 1, delta, 0.5, seed=7)
         n = diffs.shape[1]
-        half = plot.t_quantile(0.975, n - 1) * diffs.std(1, ddof=1) / math.sqrt(n)
+        half = stats.t_quantile(0.975, n - 1) * diffs.std(1, ddof=1) / math.sqrt(n)
         ci_lo, ci_hi = diffs.mean(1) - half, diffs.mean(1) + half
         assert not np.any((lo > 0) & (ci_hi >= 0)) and not np.any((hi < 0) & (ci_lo <= 0))
         assert np.any((ci_lo < 0) & (ci_hi > 0)) and np.any(lo > 0) | np.any(hi < 0)   # both kinds occur
@@ -302,16 +306,16 @@ def test_compute_comes_from_results_json(tmp_path):
     """Training FLOPs: results.json's train_flops, else flops_per_token x tokens, else unknown (no multiplier by
     them); non-embedding compute: 6 x params' non_embedding x tokens, from the same file."""
     write_run(tmp_path, 3.0, 5e9)
-    run = plot.load_run(tmp_path)
-    assert plot.train_flops(run) == (5e9, "train_flops in results.json")
-    assert plot.nonembedding_compute(run) == 6 * (5e9 / (6 * TOKENS)) * TOKENS
+    run = run_records.load_run(tmp_path)
+    assert study_report.train_flops(run) == (5e9, "train_flops in results.json")
+    assert study_report.nonembedding_compute(run) == 6 * (5e9 / (6 * TOKENS)) * TOKENS
     res = json.loads((tmp_path / "results.json").read_text())
     del res["train_flops"]
     (tmp_path / "results.json").write_text(json.dumps(res))
-    assert plot.train_flops(plot.load_run(tmp_path)) == (5e9, "flops_per_token x tokens in results.json")
+    assert study_report.train_flops(run_records.load_run(tmp_path)) == (5e9, "flops_per_token x tokens in results.json")
     del res["flops_per_token"]
     (tmp_path / "results.json").write_text(json.dumps(res))
-    assert plot.train_flops(plot.load_run(tmp_path)) == (None, "unknown")
+    assert study_report.train_flops(run_records.load_run(tmp_path)) == (None, "unknown")
 
 
 def test_unknown_flops_leave_the_non_embedding_multiplier(tmp_path):
@@ -320,7 +324,7 @@ def test_unknown_flops_leave_the_non_embedding_multiplier(tmp_path):
     res = json.loads(path.read_text())
     del res["train_flops"], res["flops_per_token"]
     path.write_text(json.dumps(res))
-    _, ms, notes = plot.compute_multipliers(plot.load_study(root))
+    _, ms, notes = study_report.compute_multipliers(study_report.load_study(root))
     assert {m.measure for m in ms} == {"non-embedding 6ND"}
     assert any("By training FLOPs: unknown for some baseline runs" in n for n in notes)
 
@@ -356,11 +360,11 @@ def tuned_study(root, chosen=("3e-3", "3e-3"), diverge=("rope", "1e-2")):
 
 def report_md(root):
     """The study report's markdown text, without drawing its figures (fast)."""
-    study = plot.load_study(root)
-    rows = plot.tuning_rows(study)
-    blocks = plot.study_blocks(study, rows, plot.compute_multipliers(study),
+    study = study_report.load_study(root)
+    rows = study_report.tuning_rows(study)
+    blocks = study_report.study_blocks(study, rows, study_report.compute_multipliers(study),
                                {"sensitivity": "s.png", "compute": "c.png"})
-    plot.write_study_md(Path(root) / "report.md", "t", blocks)
+    study_report.write_study_md(Path(root) / "report.md", "t", blocks)
     return (Path(root) / "report.md").read_text()
 
 
@@ -369,12 +373,12 @@ def _markers(ax, marker):
 
 
 def test_sensitivity_figure_marks_chosen_and_diverged_on_a_log_axis(tmp_path):
-    study = plot.load_study(tuned_study(tmp_path))
-    rows = plot.tuning_rows(study)
+    study = study_report.load_study(tuned_study(tmp_path))
+    rows = study_report.tuning_rows(study)
     rope = next(r for r in rows if r["size"] == "n_embd=32" and r["experiment"] == "rope")
     assert rope["diverged"] == ["1e-2"] and rope["scores"]["1e-2"] is None and rope["chosen"] == "3e-3"
     assert rope["scores"]["1e-3"] == pytest.approx(3.0 + math.log10(3) + 0.005)
-    fig = plot.sensitivity_figure(study, rows)
+    fig = study_report.sensitivity_figure(study, rows)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_xlabel() == "learning_rate"
     stars = _markers(ax, "*")
@@ -382,28 +386,28 @@ def test_sensitivity_figure_marks_chosen_and_diverged_on_a_log_axis(tmp_path):
     crosses = _markers(ax, "x")
     assert [float(x.get_xdata()[0]) for x in crosses] == [1e-2]                      # rope's diverged value
     assert crosses[0].get_ydata()[0] == 0.97     # at the top of the panel (axes fraction)
-    plot._pyplot().close(fig)
+    ablation_report.pyplot().close(fig)
 
 
 def test_diverged_tuning_run_is_found_from_its_log(tmp_path):
     """Without choice.json (tuning not finished) a diverged tuning run still shows, and is no score."""
     root = tuned_study(tmp_path)
     (root / "n_embd=64" / "choice.json").unlink()
-    study = plot.load_study(root)
-    rows = {r["experiment"]: r for r in plot.tuning_rows(study) if r["size"] == "n_embd=64"}
+    study = study_report.load_study(root)
+    rows = {r["experiment"]: r for r in study_report.tuning_rows(study) if r["size"] == "n_embd=64"}
     assert rows["rope"]["diverged"] == ["1e-2"] and rows["baseline"]["diverged"] == []
     assert rows["rope"]["scores"]["1e-2"] is None and rows["rope"]["chosen"] is None
     assert any("n_embd=64: no choice.json" in n for n in study.notes)
 
 
 def test_linear_axis_when_the_values_span_less_than_10x(tmp_path):
-    study = plot.load_study(tuned_study(tmp_path))
+    study = study_report.load_study(tuned_study(tmp_path))
     for size in study.sizes:  # the values tried, renamed 2, 3, 4
         for exp, by_value in size.tune.items():
-            size.tune[exp] = dict(zip(["2", "3", "4"], (by_value[v] for v in plot.grid_order(list(by_value)))))
-    fig = plot.sensitivity_figure(study, plot.tuning_rows(study))
+            size.tune[exp] = dict(zip(["2", "3", "4"], (by_value[v] for v in study_report.grid_order(list(by_value)))))
+    fig = study_report.sensitivity_figure(study, study_report.tuning_rows(study))
     assert fig.axes[0].get_xscale() == "linear"
-    plot._pyplot().close(fig)
+    ablation_report.pyplot().close(fig)
 
 
 def test_report_names_diverged_tuning_runs_and_the_edge(tmp_path):
@@ -426,7 +430,7 @@ def test_a_choice_within_the_tuning_noise_is_flagged(tmp_path):
         for seed, nll in zip((1001, 1002), nlls):
             write_run(root / "n_embd=32" / "tune" / "baseline" / f"learning_rate={v}" / f"seed{seed}", nll, 1e11,
                       eval_set="tune")
-    rows = {(r["size"], r["experiment"]): r for r in plot.tuning_rows(plot.load_study(root))}
+    rows = {(r["size"], r["experiment"]): r for r in study_report.tuning_rows(study_report.load_study(root))}
     margin, noise, runner, how = rows[("n_embd=32", "baseline")]["close"]
     assert runner == "1e-2" and margin == pytest.approx(0.005) and noise == pytest.approx(0.025)
     assert "2 tuning seeds" in how
@@ -448,7 +452,7 @@ def test_with_one_tuning_seed_the_noise_is_the_comparison_runs_sd(tmp_path):
                     shutil.rmtree(run, ignore_errors=True)
                 else:
                     write_run(run, {"3e-3": 3.0, "1e-2": 3.0 + margin}.get(v, 4.0), 1e11, eval_set="tune")
-        row = next(r for r in plot.tuning_rows(plot.load_study(root))
+        row = next(r for r in study_report.tuning_rows(study_report.load_study(root))
                    if (r["size"], r["experiment"]) == ("n_embd=32", "baseline"))
         assert bool(row["close"]) is want
         if want:
@@ -459,7 +463,7 @@ def test_tuning_run_scored_on_the_validation_set_is_flagged(tmp_path):
     root = tuned_study(tmp_path)
     path = root / "n_embd=32" / "tune" / "baseline" / "learning_rate=1e-3" / "seed1001"
     write_run(path, 3.4, eval_set="val")
-    study = plot.load_study(root)
+    study = study_report.load_study(root)
     assert any("scored on the 'val' set" in n for n in study.notes)
 
 # -----------------------------------------------------------------------------
@@ -470,26 +474,26 @@ def test_per_size_verdicts_and_delta_figure(tmp_path):
     """rope is clearly better at the small size and equal at the big one: the table says so per size."""
     sizes = [("n_layer=1", {"baseline": ([3.00, 3.05, 3.02, 3.08], 1e12), "rope": ([2.90, 2.951, 2.919, 2.982], 1e12)}),
              ("n_layer=2", {"baseline": ([2.80, 2.85, 2.82, 2.88], 4e12), "rope": ([2.81, 2.84, 2.83, 2.87], 4e12)})]
-    study = plot.load_study(make_study(tmp_path, sizes, seeds=4))
+    study = study_report.load_study(make_study(tmp_path, sizes, seeds=4))
     small, big = (s.analysis.family["rope"] for s in study.sizes)
     assert [[row["n"] for row in s.analysis.rows] for s in study.sizes] == [[4, 4], [4, 4]]   # each size alone
     assert small["mean"] == pytest.approx(-0.0995) and small["significant"] is True
     assert big["mean"] == pytest.approx(0.0) and big["significant"] is False
-    _, _, _, paths = plot.write_study_report(tmp_path)
+    _, _, _, paths = study_report.write_study_report(tmp_path)
     md = (tmp_path / "study_report.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| n_layer=") and "| rope |" in line]
     verdicts = [r for r in rows if "better" in r or "not detected" in r]
     assert len(verdicts) == 2 and "-0.0995" in verdicts[0] and "better" in verdicts[0]
     assert "not detected" in verdicts[1]
-    fig = plot.delta_compute_figure(study)
+    fig = study_report.delta_compute_figure(study)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
     line = next(x for x in ax.get_lines() if x.get_label() == "rope")
     assert list(line.get_xdata()) == [1e12, 4e12] and list(line.get_ydata()) == pytest.approx([-0.0995, 0.0])
     filled = [x.get_markerfacecolor() for x in ax.get_lines() if x.get_marker() == "o"]
     assert filled[1] == "white" and filled[0] != "white"    # significant filled, not detected hollow
-    plot._pyplot().close(fig)
-    assert all(Path(p).is_file() for p in paths) and plot.count_pdf_pages(paths[0]) == 2   # text, Δ figure (no tuning)
+    ablation_report.pyplot().close(fig)
+    assert all(Path(p).is_file() for p in paths) and ablation_report.count_pdf_pages(paths[0]) == 2   # text, Δ figure (no tuning)
     assert "![study_report_compute](study_report_compute.png)" in md
     assert "Size n_layer=1: Verdict" in md and "Training FLOPs from: train_flops in results.json." in md
 
@@ -510,8 +514,8 @@ def test_sizes_table_is_planned_until_a_run_finished(tmp_path):
 def test_pdf_tables_flow_onto_the_next_page(tmp_path):
     """A table longer than the page goes on over the next pages instead of running off the first."""
     blocks = [("h", "Long"), ("table", ["name", "value"], [[f"row {i}", "x"] for i in range(150)])]
-    plot.write_study_pdf(tmp_path / "r.pdf", "t", blocks, {})
-    assert plot.count_pdf_pages(tmp_path / "r.pdf") == 3     # 64 rows, 67, then the last 19
+    study_report.write_study_pdf(tmp_path / "r.pdf", "t", blocks, {})
+    assert ablation_report.count_pdf_pages(tmp_path / "r.pdf") == 3     # 64 rows, 67, then the last 19
 
 
 def test_failed_runs_are_named_and_left_out(tmp_path):
@@ -520,7 +524,7 @@ def test_failed_runs_are_named_and_left_out(tmp_path):
     root = make_study(tmp_path, sizes)
     write_run(root / "n_layer=1" / "rope" / "seed4", 1.0, state="unfinished")
     write_run(root / "n_layer=2" / "rope" / "seed4", state="diverged")
-    study = plot.load_study(root)
+    study = study_report.load_study(root)
     assert sorted(study.sizes[0].runs["rope"]) == [1, 2, 3]
     assert study.sizes[0].analysis.family["rope"]["n"] == 3
     md = report_md(root)
@@ -564,12 +568,12 @@ def test_a_finished_run_whose_log_has_no_rows_counts_and_one_without_results_doe
     """results.json is a run's result: a log with only start/end (or only a nan) still says what happened."""
     write_run(tmp_path / "a", 3.0, 1e12)
     (tmp_path / "a" / "log.txt").write_text(json.dumps({"event": "start", "step": 0}) + "\n")
-    run, state, _ = plot.run_state(tmp_path / "a")
-    assert state == "finished" and run.val_nll == 3.0 and plot.train_flops(run)[0] == 1e12
+    run, state, _ = study_report.run_state(tmp_path / "a")
+    assert state == "finished" and run.val_nll == 3.0 and study_report.train_flops(run)[0] == 1e12
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "log.txt").write_text(json.dumps({"event": "nan", "step": 0}) + "\n")
-    assert plot.run_state(tmp_path / "b")[:2] == (None, "diverged")
-    assert plot.run_state(tmp_path / "c")[:2] == (None, "not started")
+    assert study_report.run_state(tmp_path / "b")[:2] == (None, "diverged")
+    assert study_report.run_state(tmp_path / "c")[:2] == (None, "not started")
 
 
 def test_reads_the_layout_ablate_py_writes(tmp_path, monkeypatch, capsys):
@@ -588,9 +592,9 @@ def test_reads_the_layout_ablate_py_writes(tmp_path, monkeypatch, capsys):
     out = tmp_path / "study"
     assert ablate.main(["--out", str(out), "--switches", "rope", "--tune", "learning_rate=3e-3,1e-2,3e-2",
                         "--scale", "n_embd=32", "--seeds", "2", *test_study.STUDY_ARGS]) == 0, capsys.readouterr().err
-    study = plot.load_study(out)
+    study = study_report.load_study(out)
     assert [s.name for s in study.sizes] == ["n_embd=32"] and study.key == "learning_rate"
-    rows = {r["experiment"]: r for r in plot.tuning_rows(study)}
+    rows = {r["experiment"]: r for r in study_report.tuning_rows(study)}
     # the baseline's best, 3e-3, was the grid's lowest: ablate.py tried 1e-3 beyond it, which brackets it
     assert (rows["baseline"]["chosen"], rows["baseline"]["edge"]) == ("3e-3", False)
     assert rows["baseline"]["scores"]["1e-3"] > rows["baseline"]["scores"]["3e-3"] and "1e-3" not in rows["rope"]["scores"]
