@@ -5,6 +5,16 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# The longest files first. pytest-xdist (--dist loadfile, pytest.ini) hands whole files to the workers in
+# collection order; started last, the SLURM cluster's file (~2.5 min of real jobs, much of it waiting on
+# slurmctld) or the real ablations would be the tail of the run that the other worker sits idle through.
+LONGEST_FIRST = ["test_slurm.py", "test_ablate.py", "test_train.py", "test_commands.py"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+
 
 def pytest_configure(config):
     config.addinivalue_line(

@@ -10,10 +10,11 @@ study side is test_study.py) and of the designs it owns.
   (FAKE_PLOT_EXIT). ablate.main() runs in this process (no torch import per call): the runs and their
   arguments, the task index, resume, exit codes, design.json, --dry-run, --print-slurm, progress lines, and
   --budget's calibration, its lock and its refusals. test_scripts.py runs slurm/ablate.sbatch with this fake.
-* A few real ablations end to end (real train.py and plot.py, CPU, two lanes at once): leave-one-out with 2
-  seeds (the report pairs on seed), factorial with a value switch, and a throwaway switch added to a copy of the
-  repo (one config line + one `if` in the model, nothing else edited): train.py lists it, ablate.py runs it and
-  sizes the job array for it, the report has a row for it, a resume with it flipped is refused.
+* Two real ablations end to end (real train.py and plot.py, CPU, two lanes at once, 8 tiny runs): leave-one-out
+  with 2 seeds (the report pairs on seed), and a factorial of a throwaway switch added to a copy of the repo
+  (one config line + one `if` in the model, nothing else edited) with a value switch (n_layer=2): train.py lists
+  the new switch, ablate.py runs it and sizes the job array for it, the report has a row for it, a resume with
+  it flipped is refused.
 """
 
 import io
@@ -822,21 +823,20 @@ def ablations(tmp_path_factory):
     repo = tmp / "repo"
     repo.mkdir()
     add_throwaway_switch(repo)
-    out = {k: tmp / k for k in ["loo", "factorial", "throwaway"]}
+    out = {k: tmp / k for k in ["loo", "factorial", "throwaway"]}   # throwaway: only --print-slurm, no runs
     results = {"out": out, "corpus": corpus, "repo": repo}
-    a = [("factorial", lambda: real_ablate(out["factorial"], corpus, "--design", "factorial",
-                                           "--switches", "rope", "--switch", "n_layer=2")),
-         ("rerun", lambda: real_ablate(out["factorial"], corpus, "--design", "factorial",
-                                       "--switches", "rope", "--switch", "n_layer=2", "--no-report")),
-         ("list", lambda: run([sys.executable, "ablate.py", "--list-switches"], cwd=repo)),
-         ("refused", lambda: real_ablate(out["throwaway"], corpus, "--dry-run", "--use_throwaway=True", cwd=repo))]
-    b = [("loo", lambda: real_ablate(out["loo"], corpus, "--design", "leave-one-out", "--switches", "swiglu,rope",
+    # The factorial crosses the throwaway switch with a value switch, in the copy of the repo that has it.
+    factorial = ("--design", "factorial", "--switches", "throwaway", "--switch", "n_layer=2")
+    a = [("factorial", lambda: real_ablate(out["factorial"], corpus, *factorial, cwd=repo)),
+         ("rerun", lambda: real_ablate(out["factorial"], corpus, *factorial, "--no-report", cwd=repo)),
+         ("flipped", lambda: run([sys.executable, "train.py", f"--data_path={corpus}", *TINY_ARGS, "--seed=1",
+                                  f"--out_dir={out['factorial']}/throwaway/seed1", "--use_throwaway=False",
+                                  "--resume=True"], cwd=repo)),
+         ("list", lambda: run([sys.executable, "ablate.py", "--list-switches"], cwd=repo))]
+    b = [("loo", lambda: real_ablate(out["loo"], corpus, "--design", "leave-one-out", "--switches", "swiglu",
                                      seeds=2)),
          ("slurm", lambda: real_ablate(out["throwaway"], corpus, "--print-slurm", seeds=2, cwd=repo)),
-         ("throwaway", lambda: real_ablate(out["throwaway"], corpus, "--switches", "throwaway", cwd=repo)),
-         ("flipped", lambda: run([sys.executable, "train.py", f"--data_path={corpus}", *TINY_ARGS, "--seed=1",
-                                  f"--out_dir={out['throwaway']}/throwaway/seed1", "--use_throwaway=False",
-                                  "--resume=True"], cwd=repo))]
+         ("refused", lambda: real_ablate(out["throwaway"], corpus, "--dry-run", "--use_throwaway=True", cwd=repo))]
     threads = [threading.Thread(target=lane, args=(steps, results)) for steps in (a, b)]
     for t in threads:
         t.start()
@@ -868,7 +868,7 @@ def switches_on(cfg, d):
 
 def test_leave_one_out_end_to_end_with_two_seeds(ablations):
     out = finished(ablations, "loo")
-    names = ["all", "no_swiglu", "no_rope"]
+    names = ["all", "no_swiglu"]
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(names)
     d = json.loads((out / "design.json").read_text())
     assert d["design"] == "leave-one-out" and [e["name"] for e in d["experiments"]] == names
@@ -876,28 +876,29 @@ def test_leave_one_out_end_to_end_with_two_seeds(ablations):
     for (name, seed), r in runs.items():
         cfg = r["config"]
         assert cfg["seed"] == seed and r["steps"] == 10 and r["tokens"] == 10 * 2 * 32
-        assert switches_on(cfg, d) == {"all": {"swiglu", "rope"}, "no_swiglu": {"rope"}, "no_rope": {"swiglu"}}[name]
+        assert switches_on(cfg, d) == {"all": {"swiglu"}, "no_swiglu": set()}[name]
         ref = runs[("all", 1)]["config"]          # everything else is shared
-        assert {k for k in cfg if cfg[k] != ref[k]} - {"use_swiglu", "use_rope", "seed", "out_dir"} == set()
+        assert {k for k in cfg if cfg[k] != ref[k]} - {"use_swiglu", "seed", "out_dir"} == set()
     assert (out / "report.png").stat().st_size > 1000
     assert ablation_report.count_pdf_pages(out / "report.pdf") == 1
     md, rows = report_rows(out, names)
     assert "leave-one-out" in md and all(rows.values()), md
-    for name in ["no_swiglu", "no_rope"]:          # paired on seed against all: a test, not "1 seed"
+    for name in ["no_swiglu"]:                     # paired on seed against all: a test, not "1 seed"
         assert "no test possible" not in rows[name][0], rows[name]
 
 
 def test_factorial_with_a_value_switch_end_to_end(ablations):
     out = finished(ablations, "factorial")
-    names = ["baseline", "rope", "n_layer=2", "all"]
+    names = ["baseline", "throwaway", "n_layer=2", "all"]
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(names)
     d = json.loads((out / "design.json").read_text())
     assert d["design"] == "factorial" and [e["name"] for e in d["experiments"]] == names
-    every = set(SWITCH_KEYS)                                   # all registered, set in every run
+    every = set(SWITCH_KEYS) | {"use_throwaway"}              # all registered, set in every run
     base = configs(out, ["baseline"])[("baseline", 1)]["config"]
     for (name, _), r in configs(out, names).items():
         cfg = r["config"]
-        assert cfg["use_rope"] == (name in ("rope", "all")), name
+        assert cfg["use_throwaway"] == (name in ("throwaway", "all")), name
+        assert all(cfg[k] is False for k in SWITCH_KEYS), name    # the other switches: off, explicitly
         assert cfg["n_layer"] == (2 if name in ("n_layer=2", "all") else 1), name   # off: the user's value
         assert {k for k in cfg if cfg[k] != base[k]} - every - {"out_dir", "n_layer"} == set()
     params = {name: configs(out, [name])[(name, 1)]["params"] for name in names}
@@ -940,7 +941,7 @@ def test_throwaway_switch_gets_its_experiment_and_array_slots(ablations):
 
 
 def test_throwaway_switch_gets_a_report_row(ablations):
-    out = finished(ablations, "throwaway")
+    out = finished(ablations, "factorial")
     base = json.loads((out / "baseline" / "seed1" / "results.json").read_text())
     thrown = json.loads((out / "throwaway" / "seed1" / "results.json").read_text())
     assert thrown["config"]["use_throwaway"] is True and base["config"]["use_throwaway"] is False
@@ -951,7 +952,7 @@ def test_throwaway_switch_gets_a_report_row(ablations):
 
 
 def test_throwaway_switch_flipped_on_resume_is_refused(ablations):
-    finished(ablations, "throwaway")
+    finished(ablations, "factorial")
     r = ablations["flipped"]
     assert r.returncode == 2, r.stdout[-1000:] + r.stderr[-2000:]
     err = r.stderr.strip().splitlines()

@@ -689,7 +689,7 @@ def test_steps_in_prints_one_number(tmp_path, corpus):
     # (a budget of minutes: the probe itself takes ~2 s; 3 s fitted no step when the machine was busy)
     out = subprocess.run([sys.executable, str(HERE / "train.py"), "--data_path=" + str(corpus), "--n_layer=1",
                           "--n_embd=32", "--n_head=2", "--block_size=32", "--batch_size=2", "--val_docs=5",
-                          "--device=cpu", "--steps-in=10m"], capture_output=True, text=True, cwd=tmp_path,
+                          "--eval_iters=2", "--device=cpu", "--steps-in=10m"], capture_output=True, text=True, cwd=tmp_path,
                          timeout=600)
     assert out.returncode == 0 and int(out.stdout.strip()) > 0, out.stderr
     bad = subprocess.run([sys.executable, str(HERE / "train.py"), "--steps-in=soon"], capture_output=True, text=True,

@@ -14,7 +14,7 @@ trackers, signals, time budgets, config files and the command line, the tokenize
 (training, tuning and validation split, the training order), the demo corpus, the fused loss, devices,
 speed and DDP.
 Importing this file has no side effects; sample.py, plot.py, ablate.py and the tests import from it.
-Training is all it does: studies (designs, stages, sizes, budgets) are ablate.sh/ablate.py's, results
+Training is all it does: studies (designs, stages, sizes, budgets) are ablate.py's, results
 (statistics, figures, reports) plot.py's.
 
 The five switches (all False = the minGPT baseline):
@@ -76,7 +76,7 @@ def opt(default, help, choices=None, shape=False, before=None):
 
 def switch(help, shape, ablate=True):
     """An ablation switch: a bool key use_<name>, off in the baseline. shape: it changes the model's
-    parameters (a checkpoint must agree on it); ablate: part of ablate.sh's default set of switches."""
+    parameters (a checkpoint must agree on it); ablate: part of ablate.py's default set of switches."""
     return field(default=False, metadata={"help": help, "switch": True, "shape": shape, "ablate": ablate})
 
 
@@ -105,7 +105,7 @@ class Config:
     dropout: float = opt(0.0, "dropout probability")
     bias: bool = opt(True, "biases in Linear and LayerNorm layers, as in GPT-2", shape=True)
     rope_base: float = opt(10000.0, "RoPE base (only with use_rope)", shape=True)
-    # the switches: each is declared here once and acts in one visible `if`; ablate.sh, plot.py,
+    # the switches: each is declared here once and acts in one visible `if`; ablate.py, plot.py,
     # the resume checks and the tests find them here (shape=True: it changes the model's parameters)
     use_swiglu: bool = switch("SwiGLU MLP instead of GELU (param-matched hidden size)", shape=True)
     use_rope: bool = switch("rotary position embeddings instead of a learned position table", shape=True)
@@ -543,7 +543,7 @@ def main(argv=None):
     if any(a in ("-h", "--help") for a in argv):
         print(usage())
         return 0
-    if argv == ["--list-switches"]:  # for ablate.sh: name, key, shape|schedule, default|optional, help
+    if argv == ["--list-switches"]:  # for ablate.py: name, key, shape|schedule, default|optional, help
         for name, key in SWITCHES.items():
             meta = CONFIG_FIELDS[key].metadata
             print(f"{name}\t{key}\t{'shape' if meta['shape'] else 'schedule'}\t"
@@ -552,7 +552,7 @@ def main(argv=None):
     try:
         steps_in = [a.partition("=")[2] for a in argv if a.startswith("--steps-in=")]
         cfg = parse_args([a for a in argv if not a.startswith("--steps-in=")])
-        if steps_in:  # for ablate.sh --budget: how many steps of this config fit in a duration here
+        if steps_in:  # for ablate.py --budget: how many steps of this config fit in a duration here
             print(steps_for_duration(cfg, steps_in[-1]))
             return 0
         stop = StopFlag()
@@ -1354,7 +1354,7 @@ def steps_within(seconds, step_s, eval_s, setup):
 
 def steps_for_duration(cfg, duration):
     """`train.py ... --steps-in=4h`: the step count of this configuration that fits in the duration on
-    this device (training and evaluations; start-up excluded), printed for ablate.sh --budget, which
+    this device (training and evaluations; start-up excluded), printed for ablate.py --budget, which
     gives every arm of an ablation the same count (that of its slowest arm)."""
     seconds = parse_duration(duration, "--steps-in")
     if seconds is None:
@@ -1859,7 +1859,7 @@ def split_validation(ds, val_docs):
 
 def held_out_sets(ds, val_docs, tune_docs):
     """The data split in file order: [training lines | tune_docs tuning documents | val_docs validation
-    documents]. The tuning set (for choosing a setting, e.g. ablate.sh --tune) is disjoint from training and
+    documents]. The tuning set (for choosing a setting, e.g. ablate.py --tune) is disjoint from training and
     from the validation set; tune_docs=0 is exactly split_validation(ds, val_docs).
     Returns (number of training lines, tuning texts, validation texts, skipped-line counts)."""
     n_train, texts, skipped = split_validation(ds, val_docs + tune_docs)
