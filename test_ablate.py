@@ -551,12 +551,18 @@ def test_report_runs_plot_py_on_all_logs(fake):
     assert r.returncode == 4 and "plot.py failed" in r.stderr and "rerun: " in r.stderr
 
 
-def test_list_switches_is_train_pys(fake):
-    r = subprocess.run([sys.executable, "ablate.py", "--list-switches"], cwd=HERE, capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout == subprocess.run([sys.executable, "train.py", "--list-switches"], cwd=HERE,
-                                                            capture_output=True, text=True).stdout
-    r = subprocess.run([sys.executable, "ablate.py", "-h"], cwd=HERE, capture_output=True, text=True)
-    assert r.returncode == 0 and "--print-slurm" in r.stdout and "--budget" in r.stdout and "--design" in r.stdout
+def test_list_switches_is_train_pys(monkeypatch, capfd):
+    """ablate.py --list-switches prints what `python train.py --list-switches` prints (it runs it)."""
+    monkeypatch.setattr(ablate, "PY", sys.executable)   # the real train.py, in a process
+    monkeypatch.chdir(HERE)
+    capfd.readouterr()
+    assert ablate.main(["--list-switches"]) == 0
+    listed = capfd.readouterr().out
+    assert train.main(["--list-switches"]) == 0
+    assert listed == capfd.readouterr().out and len(listed.splitlines()) == len(REGISTRY)
+    assert ablate.main(["-h"]) == 0
+    r = capfd.readouterr()
+    assert "--print-slurm" in r.out and "--budget" in r.out and "--design" in r.out
 
 
 # --------------------------------------------------------------------------- --budget

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,9 @@ CLIENTS = ("sbatch", "squeue", "sinfo", "scontrol", "scancel", "srun")
 TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2",
         "--dtype=float32", "--device=cpu", "--val_docs=20", "--eval_iters=2", "--log_interval=1"]
 MEM_PER_JOB = "1500M"
+# The node offers more CPUs than the machine has (slurm.conf: SlurmdParameters=config_overrides): the jobs of
+# the four train tests and the arrays run at once, sharing the real cores; they mostly wait on SLURM.
+NODE_CPUS = 8
 # Requeued jobs may not start before their credential expires (slurm.conf: AuthInfo cred_expire,
 # default 120 s); the main scheduler then runs every sched_interval (default 60 s). Short here.
 CRED_EXPIRE = 5
@@ -132,10 +136,11 @@ JobCompLoc={b}/log/jobcomp.txt
 MinJobAge=86400
 KillWait={self.kill_wait}
 ReturnToService=2
+SlurmdParameters=config_overrides
 MpiDefault=none
 SwitchType=switch/none
 GresTypes=gpu
-NodeName={host} NodeAddr=127.0.0.1 CPUs=2 RealMemory={self.node_mem} Gres=gpu:2 State=UNKNOWN
+NodeName={host} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory={self.node_mem} Gres=gpu:2 State=UNKNOWN
 PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
         (b / "slurm.conf").write_text(conf)
@@ -286,6 +291,11 @@ def output(cluster, rec):
         return "(no job output)"
 
 
+# Each scontrol call is a process and an authenticated RPC (munged, slurmctld): polled every 0.1 s by four
+# threads at once, they would take a good part of a core from the jobs. Once a second is enough.
+POLL_S = 1.0
+
+
 def wait_final(cluster, jobid, timeout=120):
     """Poll scontrol until the job (every task of an array) has ended; its records."""
     deadline = time.time() + timeout
@@ -299,7 +309,7 @@ def wait_final(cluster, jobid, timeout=120):
                                              f"{r.get('Reason')} restarts={r.get('Restarts')}" for r in recs)
                                  + "\n" + "\n".join(output(cluster, r)[-3000:] for r in recs[:2])
                                  + "\n" + cluster.logs())
-        time.sleep(0.3)
+        time.sleep(POLL_S)
 
 
 def wait_done(cluster, jobid, timeout=120):
@@ -313,17 +323,19 @@ def events(run):
 
 
 def wait_step(cluster, jobid, run, step, timeout=60):
-    """Wait until the run has logged a train step >= step (train.py runs, its signal handlers set)."""
-    deadline = time.time() + timeout
+    """Wait until the run has logged a train step >= step (train.py runs, its signal handlers set): the log
+    read every 0.1 s, the job's state (has it ended?) every POLL_S."""
+    deadline, asked = time.time() + timeout, 0.0
     while True:
         try:
             if any(e.get("event") == "train" and e.get("step", 0) >= step for e in events(run)):
                 return
         except ValueError:
             pass  # a line being written
-        rec = cluster.job(jobid)
-        assert rec.get("JobState") not in FINAL, f"job ended before step {step}: {rec}\n{output(cluster, rec)}"
-        assert time.time() < deadline, f"no step {step} within {timeout} s: {rec}\n{output(cluster, rec)}"
+        if time.time() - asked >= POLL_S:
+            rec, asked = cluster.job(jobid), time.time()
+            assert rec.get("JobState") not in FINAL, f"job ended before step {step}: {rec}\n{output(cluster, rec)}"
+            assert time.time() < deadline, f"no step {step} within {timeout} s: {rec}\n{output(cluster, rec)}"
         time.sleep(0.1)
 
 
@@ -356,9 +368,9 @@ def opt(argv, key):
 
 
 # --------------------------------------------------------------------------- the ablation array
-# Submitted once, at the first test, with a low priority (--nice): its 4 short tasks (2 experiments x 2
-# seeds) use the CPU that the one-CPU tests below leave free, and every job those tests submit goes
-# first. test_ablation_job_array_then_report (last) waits for it and checks it.
+# Submitted once, at the first test, with a low priority (--nice): its 2 short tasks (2 experiments x 1
+# seed) run beside the four train jobs, and every job those tests submit goes first.
+# test_ablation_job_array_then_report (after them) waits for it and checks it.
 ABLATION_TEST = "test_ablation_job_array_then_report"
 
 
@@ -367,8 +379,8 @@ def ablation(request, cluster, corpus):
     if not any(item.name == ABLATION_TEST for item in request.session.items):
         return None  # not selected: don't spend the CPU
     out = cluster.base / "runs" / "ablation"
-    # two experiments (baseline, rope) x 2 seeds: the array mechanics; every design's runs are test_ablate.py's
-    args = ["--switches", "rope", "--seeds", "2", "--out", str(out), f"--data_path={corpus}", *TINY,
+    # two experiments (baseline, rope) x 1 seed: the array mechanics; every design's runs are test_ablate.py's
+    args = ["--switches", "rope", "--seeds", "1", "--out", str(out), f"--data_path={corpus}", *TINY,
             "--max_iters=6", "--eval_interval=3"]
     env = job_env(cluster)
     a = dict(out=out, args=args, env=env, error=None)
@@ -429,12 +441,76 @@ def study_arrays(request, cluster, corpus):
 
 
 def slurm_test(f):
-    """A test on the cluster; the first one to run also starts the ablation and the study arrays."""
-    return pytest.mark.slurm(pytest.mark.usefixtures("ablation", "study_arrays")(f))
+    """A test on the cluster; the first one to run also starts the four train jobs and the two arrays."""
+    return pytest.mark.slurm(pytest.mark.usefixtures("concurrent", "ablation", "study_arrays")(f))
+
+
+# --------------------------------------------------------------------------- the four train jobs, at once
+# Each train test drives one job: submit, signal it at a step, wait, resubmit, check. One after another they
+# took ~2.5 min, most of it waiting on SLURM (a requeue's delay; the time-limit check every 30 s). So the
+# first test starts all four, each in its own thread (fixture `concurrent`, before the arrays are submitted),
+# and each test waits for its own thread and re-raises what it raised: the file takes about as long as its
+# longest job. A test selected alone (-k) starts only its own job.
+CONCURRENT = {}  # test name -> its body(cluster, corpus), in the order the jobs are started
+
+
+def concurrent_test(body):
+    """The test named like `body`: its body runs in a thread started at the file's first test."""
+    CONCURRENT[body.__name__] = body
+
+    def test(concurrent):
+        concurrent[body.__name__].result()
+    test.__name__ = test.__qualname__ = body.__name__
+    test.__doc__ = body.__doc__
+    return slurm_test(test)
+
+
+@pytest.fixture(scope="module")
+def concurrent(request, cluster, corpus):
+    selected = {item.name for item in request.session.items}
+    pool = ThreadPoolExecutor(max_workers=len(CONCURRENT))
+    try:
+        yield {name: pool.submit(body, cluster, corpus) for name, body in CONCURRENT.items() if name in selected}
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # (the cluster's teardown cancels what still runs)
 
 
 # --------------------------------------------------------------------------- train.sbatch
-@slurm_test
+# --time=1 --signal=B:USR1@WARN: slurmctld checks time limits every 30 s and sends the warning at the
+# first check that finds fewer than WARN + 30 s left, so 30 - WARN to 60 - WARN s after the start: late
+# enough that train.py has installed its signal handlers (it starts in ~5 s alone, ~15 s beside the other
+# jobs here; a USR1 before that kills it).
+WARN = 8
+
+
+@concurrent_test
+def test_time_limit_warning_checkpoints_requeues_and_resumes_until_done(cluster, corpus):
+    """A real time limit. The first attempt trains until SLURM's warning stops it (its config file asks
+    for a million steps): checkpoint, exit 75, requeue. The config file is Python: once a checkpoint
+    exists it asks for 30 steps more than were logged, so the resumed attempt finishes long before its
+    own warning could come. The log shows every step trained once."""
+    run = cluster.base / "runs" / "timelimit"
+    cfg = config_file(cluster, "cfg_timelimit", out_dir=str(run), data_path=str(corpus), eval_interval=10**6)
+    cfg.write_text(cfg.read_text() + (
+        "import json as _json, pathlib as _pathlib\n"
+        "_run = _pathlib.Path(out_dir)\n"
+        "max_iters = 10**6\n"
+        "if (_run / 'ckpt.pt').exists():\n"
+        "    max_iters = 30 + max(_json.loads(l).get('step', 0) for l in (_run / 'log.txt').read_text().splitlines())\n"))
+    jid = sbatch(cluster, "slurm/train.sbatch", cfg, opts=["--time=1", f"--signal=B:USR1@{WARN}"])
+    rec = wait_done(cluster, jid, timeout=150)
+    out = output(cluster, rec)
+    assert (rec["JobState"], rec["ExitCode"]) == ("COMPLETED", "0:0"), out
+    restarts = int(rec["Restarts"])
+    assert restarts >= 1 and out.count("checkpointed (exit 75): scontrol requeue") == restarts, out
+    assert "SIGUSR1" in out  # train.py saw SLURM's warning: nobody else sent one
+    ev = events(run)
+    final = json.loads((run / "results.json").read_text())["steps"]
+    assert_trained_once(run, final, resumes=restarts)
+    assert [e["step"] for e in ev if e["event"] == "resume"][-1] == final - 30
+
+
+@concurrent_test
 def test_train_sbatch_config_file_requeue_resumes_and_resubmit_does_nothing(cluster, corpus):
     """A config file sets out_dir (overrides follow it). The warning (sent at once here, with
     scancel --signal=USR1 --batch): checkpoint, exit 75, scontrol requeue, and the requeued job resumes
@@ -462,7 +538,7 @@ def test_train_sbatch_config_file_requeue_resumes_and_resubmit_does_nothing(clus
     assert {f: (run / f).read_bytes() for f in before} == before
 
 
-@slurm_test
+@concurrent_test
 def test_scancel_checkpoints_without_requeue_and_resubmit_resumes(cluster, corpus):
     """scancel = SIGTERM: checkpoint, exit 75, no requeue; resubmitting resumes (--out-dir spelling)."""
     run = cluster.base / "runs" / "scancel"
@@ -484,41 +560,8 @@ def test_scancel_checkpoints_without_requeue_and_resubmit_resumes(cluster, corpu
     assert [e for e in ev if e["event"] == "resume"][0]["step"] == stopped
 
 
-# --time=1 --signal=B:USR1@WARN: slurmctld checks time limits every 30 s and sends the warning at the
-# first check that finds fewer than WARN + 30 s left, so 30 - WARN to 60 - WARN s after the start: late
-# enough that train.py has installed its signal handlers (it starts in ~5 s; a USR1 before that kills it).
-WARN = 12
-
-
-@slurm_test
-def test_time_limit_warning_checkpoints_requeues_and_resumes_until_done(cluster, corpus):
-    """A real time limit. The first attempt trains until SLURM's warning stops it (its config file asks
-    for a million steps): checkpoint, exit 75, requeue. The config file is Python: once a checkpoint
-    exists it asks for 30 steps more than were logged, so the resumed attempt finishes long before its
-    own warning could come. The log shows every step trained once."""
-    run = cluster.base / "runs" / "timelimit"
-    cfg = config_file(cluster, "cfg_timelimit", out_dir=str(run), data_path=str(corpus), eval_interval=10**6)
-    cfg.write_text(cfg.read_text() + (
-        "import json as _json, pathlib as _pathlib\n"
-        "_run = _pathlib.Path(out_dir)\n"
-        "max_iters = 10**6\n"
-        "if (_run / 'ckpt.pt').exists():\n"
-        "    max_iters = 30 + max(_json.loads(l).get('step', 0) for l in (_run / 'log.txt').read_text().splitlines())\n"))
-    jid = sbatch(cluster, "slurm/train.sbatch", cfg, opts=["--time=1", f"--signal=B:USR1@{WARN}"])
-    rec = wait_done(cluster, jid, timeout=150)
-    out = output(cluster, rec)
-    assert (rec["JobState"], rec["ExitCode"]) == ("COMPLETED", "0:0"), out
-    restarts = int(rec["Restarts"])
-    assert restarts >= 1 and out.count("checkpointed (exit 75): scontrol requeue") == restarts, out
-    assert "SIGUSR1" in out  # train.py saw SLURM's warning: nobody else sent one
-    ev = events(run)
-    final = json.loads((run / "results.json").read_text())["steps"]
-    assert_trained_once(run, final, resumes=restarts)
-    assert [e["step"] for e in ev if e["event"] == "resume"][-1] == final - 30
-
-
 # --------------------------------------------------------------------------- ddp.sbatch
-@slurm_test
+@concurrent_test
 def test_ddp_sbatch_two_cpu_ranks_through_srun_with_a_requeue(cluster, corpus):
     run = cluster.base / "runs" / "ddp"
     jid = sbatch(cluster, "slurm/ddp.sbatch", f"--data_path={corpus}", *TINY, "--max_iters=60",
@@ -530,6 +573,7 @@ def test_ddp_sbatch_two_cpu_ranks_through_srun_with_a_requeue(cluster, corpus):
     out = output(cluster, rec)
     assert (rec["JobState"], rec["ExitCode"], rec["Restarts"]) == ("COMPLETED", "0:0", "1"), out
     assert "2 processes" in out and "checkpointed (exit 75): scontrol requeue" in out
+    assert "global batch 4 x 32" in out  # 2 ranks x batch_size 2: rank 0 prints the global batch
     assert_trained_once(run, 60, resumes=1)
     assert json.loads((run / "results.json").read_text())["world_size"] == 2
 

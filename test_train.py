@@ -685,16 +685,18 @@ def test_max_time_plans_the_horizon_before_the_first_step(tmp_path, corpus, monk
     assert results["stopped_by"] == "max_time" and results["steps"] <= planned["horizon"]
 
 
-def test_steps_in_prints_one_number(tmp_path, corpus):
-    # (a budget of minutes: the probe itself takes ~2 s; 3 s fitted no step when the machine was busy)
-    out = subprocess.run([sys.executable, str(HERE / "train.py"), "--data_path=" + str(corpus), "--n_layer=1",
-                          "--n_embd=32", "--n_head=2", "--block_size=32", "--batch_size=2", "--val_docs=5",
-                          "--eval_iters=2", "--device=cpu", "--steps-in=10m"], capture_output=True, text=True, cwd=tmp_path,
-                         timeout=600)
-    assert out.returncode == 0 and int(out.stdout.strip()) > 0, out.stderr
-    bad = subprocess.run([sys.executable, str(HERE / "train.py"), "--steps-in=soon"], capture_output=True, text=True,
-                         timeout=600)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--steps-in" in bad.stderr
+def test_steps_in_prints_one_number(tmp_path, corpus, capsys, monkeypatch):
+    # main() as `python train.py ... --steps-in=10m` runs it (a budget of minutes: the probe itself takes ~2 s;
+    # 3 s fitted no step when the machine was busy). stdout carries the one number, the rest goes to stderr.
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["--data_path=" + str(corpus), "--n_layer=1", "--n_embd=32", "--n_head=2", "--block_size=32",
+                       "--batch_size=2", "--val_docs=5", "--eval_iters=2", "--device=cpu", "--steps-in=10m"]) == 0
+    out = capsys.readouterr()
+    assert int(out.out.strip()) > 0, out
+    assert not list(tmp_path.iterdir())  # no run folder: nothing trained, nothing written
+    assert train.main(["--steps-in=soon"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--steps-in" in err
 
 
 def test_resume_auto_continues_finishes_or_refuses(tmp_path, corpus, capsys):
