@@ -6,8 +6,8 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # The longest files first. pytest-xdist (--dist loadfile, pytest.ini) hands whole files to the workers in
-# collection order; started last, the SLURM cluster's file (~2.5 min of real jobs, much of it waiting on
-# slurmctld) or the real ablations would be the tail of the run that the other worker sits idle through.
+# collection order; started last, the SLURM cluster's file (~100 s of real jobs, much of it waiting on
+# slurmctld) or the real ablation would be the tail of the run that the other worker sits idle through.
 LONGEST_FIRST = ["test_slurm.py", "test_ablate.py", "test_train.py", "test_commands.py"]
 
 
