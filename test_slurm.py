@@ -291,8 +291,8 @@ def output(cluster, rec):
         return "(no job output)"
 
 
-# Each scontrol call is a process and an authenticated RPC (munged, slurmctld): polled every 0.1 s by four
-# threads at once, they would take a good part of a core from the jobs. Once a second is enough.
+# Each scontrol call is a process and an authenticated RPC (munged, slurmctld): four threads polling every
+# 0.1 s would start 40 of them a second beside the jobs. Once a second is enough.
 POLL_S = 1.0
 
 
