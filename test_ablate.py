@@ -868,10 +868,6 @@ def configs(out, names, seeds=(1,)):
     return {(e, s): json.loads((out / e / f"seed{s}" / "results.json").read_text()) for e in names for s in seeds}
 
 
-def switches_on(cfg, d):
-    return {s["name"] for s in d["switches"] if cfg[s["key"]]}
-
-
 def test_leave_one_out_with_a_value_switch_end_to_end_with_two_seeds(ablations):
     out = finished(ablations, "loo")
     names = ["all", "no_throwaway", "no_n_layer=2"]
@@ -890,7 +886,7 @@ def test_leave_one_out_with_a_value_switch_end_to_end_with_two_seeds(ablations):
         assert all(cfg[k] is False for k in SWITCH_KEYS), name    # the other switches: off, explicitly
         assert cfg["n_layer"] == (1 if name == "no_n_layer=2" else 2), name   # off: the user's value (1)
         assert {k for k in cfg if cfg[k] != ref[k]} - every - {"seed", "out_dir", "n_layer"} == set()
-    total = {name: (lambda p: p["total"] if isinstance(p, dict) else p)(runs[(name, 1)]["params"]) for name in names}
+    total = {name: runs[(name, 1)]["params"]["total"] for name in names}
     assert total["all"] > total["no_throwaway"]            # the throwaway branch acted
     assert total["all"] > total["no_n_layer=2"]            # the value switch reached the model
     assert (out / "report.png").stat().st_size > 1000

@@ -278,8 +278,9 @@ def test_one_out_dir_takes_one_process_at_a_time(corpus, tmp_path, capfd):
         wait_for("the first process's first train row", lambda: (out / "log.txt").is_file()
                  and '"train"' in (out / "log.txt").read_text())
         for extra in ([], ["--overwrite=True", "--resume=auto"]):  # (even when asked to overwrite)
-            # the second process: this one (main() as the command runs it, without a second torch start-up)
-            assert train.main(cmd[2:] + extra) == 2
+            # the second process: this one (main() as the command runs it, without a second torch start-up);
+            # --max_iters=3: were the lock broken, this call would end (and fail below), not train for ever
+            assert train.main(cmd[2:] + extra + ["--max_iters=3"]) == 2
             line = one_error_line(capfd.readouterr().err)
             assert f"{out} is in use by process {first.pid} on {socket.gethostname()}" in line, line
             assert first.poll() is None  # the first one trains on

@@ -479,7 +479,7 @@ def concurrent(request, cluster, corpus):
 # --------------------------------------------------------------------------- train.sbatch
 # --time=1 --signal=B:USR1@WARN: slurmctld checks time limits every 30 s and sends the warning at the
 # first check that finds fewer than WARN + 30 s left, so 30 - WARN to 60 - WARN s after the start: late
-# enough that train.py has installed its signal handlers (it starts in ~5 s alone, ~15 s beside the other
+# enough that train.py has installed its signal handlers (it starts in ~5 s alone, slower beside the other
 # jobs here; a USR1 before that kills it).
 WARN = 8
 
