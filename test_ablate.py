@@ -192,7 +192,9 @@ if os.environ.get("FAKE_WAIT_SIGNAL"):
 code = int(os.environ.get("FAKE_EXIT", "0"))
 open(os.path.join(out, "ckpt.pt"), "w").write("ckpt")
 if code == 0:
-    open(os.path.join(out, "results.json"), "w").write(json.dumps({{"val_nll": 3.0}}))
+    # whole, then renamed, as train.py does: ablate.py may read it while this run ends (--jobs 2)
+    open(os.path.join(out, "results.json.tmp"), "w").write(json.dumps({{"val_nll": 3.0}}))
+    os.replace(os.path.join(out, "results.json.tmp"), os.path.join(out, "results.json"))
 sys.exit(code)
 '''
 

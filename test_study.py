@@ -147,8 +147,10 @@ nll = 3 + (math.log10(float(lr)) - math.log10(best)) ** 2 - 0.1 * a.get("n_embd"
 nll = json.loads(os.environ.get("FAKE_NLL", "{{}}")).get(f"{{exp}}|{{lr}}|{{seed}}", nll)
 tokens = int(a.get("max_iters", 10)) * 64
 log.write(json.dumps({{"event": "end", "step": 10, "val_nll": nll}}) + "\n")
-(out / "results.json").write_text(json.dumps({{"val_nll": nll, "eval_set": a.get("eval_set", "val"),
-                                              "tokens": tokens, "config": a}}))
+# whole, then renamed, as train.py does: ablate.py reads other runs' results.json while this one runs (--jobs 2)
+(out / "results.json.tmp").write_text(json.dumps({{"val_nll": nll, "eval_set": a.get("eval_set", "val"),
+                                                  "tokens": tokens, "config": a}}))
+os.replace(out / "results.json.tmp", out / "results.json")
 '''
 
 # A config file for the small model (keys in a file, not flags, so --scale n_embd may still set n_embd):
