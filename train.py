@@ -557,8 +557,11 @@ def main(argv=None):
             return 0
         stop = StopFlag()
         stop.install()  # as early as possible: a SLURM warning during the set-up must not kill the job
-        with Distributed() as ddp:  # torchrun's processes; stdout only from rank 0
-            train(cfg, stop=stop, ddp=ddp)
+        try:
+            with Distributed() as ddp:  # torchrun's processes; stdout only from rank 0
+                train(cfg, stop=stop, ddp=ddp)
+        finally:
+            stop.uninstall()  # back to what they were: ignored, run as a command (the end of this file)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -1272,16 +1275,21 @@ class StopFlag:
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self):
-        self.signal = None
+        self.signal, self.installs, self.previous = None, 0, {}
 
     def install(self):
-        if not getattr(self, "previous", None):  # (already installed: keep the first handlers to restore)
+        if not self.installs:  # nested (main(), then train()): the outermost keeps the handlers to restore
             self.previous = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
+        self.installs += 1
 
     def uninstall(self):
-        for sig, handler in getattr(self, "previous", {}).items():
-            signal.signal(sig, handler)
-        self.previous = None
+        """Undo one install(); the handlers go back to what they were at the outermost one's undo only, so
+        a signal that comes as train() returns inside main() still meets this handler, not the default."""
+        self.installs = max(self.installs - 1, 0)
+        if not self.installs:
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler)
+            self.previous = {}
 
     def handle(self, signum, frame):
         if signum == signal.SIGINT and self.signal is not None:
@@ -2722,5 +2730,9 @@ class Distributed:
 
 
 if __name__ == "__main__":
+    # Outside main()'s handlers, SLURM's warning and SIGTERM are ignored, not fatal: one that comes as a finished
+    # run's process shuts down has nothing left to stop, and its default action (exit 138 or 143) reads as a crash
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(main())
 
