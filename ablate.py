@@ -920,11 +920,13 @@ def print_plan(st):
 class Signals:
     """SIGUSR1 (SLURM's warning before the time limit) and SIGTERM that reach ablate.py go on to every train.py it
     runs, which checkpoints and exits 75; SIGINT goes on as SIGTERM (a process started in the background by a
-    non-interactive shell ignores SIGINT). After one, no new run starts. Installed while main() runs."""
+    non-interactive shell ignores SIGINT). After one, no new run starts. Installed while main() runs; after it, run as
+    a command, SIGUSR1 and SIGTERM are ignored: the work is done, and their default action while the process shuts
+    down (exit 138 or 143) would make ablate.sbatch report a finished task as failed."""
     SIGS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested, self.children, self.old = False, set(), {}
+        self.requested, self.children, self.old, self.command = False, set(), {}, False
 
     def handler(self, signum, _frame):
         self.requested = True
@@ -941,7 +943,7 @@ class Signals:
 
     def __exit__(self, *exc):
         for s, h in self.old.items():
-            signal.signal(s, h)
+            signal.signal(s, signal.SIG_IGN if self.command and s != signal.SIGINT else h)
 
 
 SIGNALS = Signals()
@@ -1251,6 +1253,7 @@ def report(st):
 # -----------------------------------------------------------------------------
 
 def main(argv=None):
+    SIGNALS.command = argv is None  # run as `python ablate.py ...`, not main([...]) from Python
     argv = sys.argv[1:] if argv is None else argv
     try:
         with SIGNALS:

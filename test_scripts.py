@@ -5,12 +5,14 @@ fakes train.py (a run leaves log.txt / ckpt.pt / results.json; FAKE_EXIT, FAKE_W
 ablate.py. The scripts, ablate.py and train.py are copied into a scratch repo in tmp_path with a stub scontrol on
 PATH (test_slurm.py runs them on a real SLURM cluster; test_ablate.py tests ablate.py itself).
 """
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,25 @@ def test_ablate_sbatch_runs_its_task(env):
     (argv,) = train_calls(env)
     assert opt(argv, "out_dir") == f"{env['tmp']}/out/rope/seed2"      # 5 -> rope, seed 2
     assert switches(argv) == expected_switches("rope")
+    assert scontrol_calls(env) == []
+
+
+def test_ablate_sbatch_task_that_ends_as_the_warning_comes_succeeds(env):
+    """SLURM's warning (and then SIGTERM) keep coming as the task's run ends: the task still exits 0, not
+    138 (ablate.py killed by a late signal while it shuts down) or a requeue of a finished run."""
+    e = dict(env["env"], **sbatch_env(env, 5))
+    p = subprocess.Popen(["bash", "slurm/ablate.sbatch"], cwd=env["repo"], env=e, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    results = env["tmp"] / "out/rope/seed2/results.json"
+    wait_for(lambda: results.exists() or p.poll() is not None, "the run's results.json")
+    safety_net = time.time() + 300
+    while p.poll() is None and time.time() < safety_net:
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(sig)
+        time.sleep(0.01)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and "ended with exit code 0" in out, out + err
     assert scontrol_calls(env) == []
 
 

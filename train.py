@@ -506,7 +506,7 @@ def train(cfg, stop=None, ddp=None):
             stream.close()
             nll, bpb, se = evaluate_and_log(setup.val, setup, run, log)
             save_run_checkpoint(setup, run, stream, log)
-        # (closed: the signal handlers are back, the data workers, the log and the trackers closed)
+        # (closed: the signal handlers train() installed are back, the data workers, the log and the trackers closed)
         wall = run.elapsed()
         train_time = max(1e-9, wall - run.overhead())  # without evaluations, checkpoints and the max_time probe
         results = {"val_nll": nll, "val_nll_se": se, "val_bpb": bpb,
@@ -539,7 +539,8 @@ def train(cfg, stop=None, ddp=None):
 # main
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    command = argv is None  # run as `python train.py ...`, not main([...]) from Python
+    argv = sys.argv[1:] if command else argv
     if any(a in ("-h", "--help") for a in argv):
         print(usage())
         return 0
@@ -561,7 +562,11 @@ def main(argv=None):
             with Distributed() as ddp:  # torchrun's processes; stdout only from rank 0
                 train(cfg, stop=stop, ddp=ddp)
         finally:
-            stop.uninstall()  # back to what they were: ignored, run as a command (the end of this file)
+            if command:  # the run has ended: SLURM's warning or SIGTERM while the process shuts down has
+                for sig in (signal.SIGUSR1, signal.SIGTERM):  # nothing left to stop, and its default
+                    signal.signal(sig, signal.SIG_IGN)        # action (exit 138 or 143) would read as a crash
+            else:
+                stop.uninstall()  # called from Python: the handlers as they were
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -2730,9 +2735,5 @@ class Distributed:
 
 
 if __name__ == "__main__":
-    # Outside main()'s handlers, SLURM's warning and SIGTERM are ignored, not fatal: one that comes as a finished
-    # run's process shuts down has nothing left to stop, and its default action (exit 138 or 143) reads as a crash
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(main())
 
