@@ -17,6 +17,7 @@ study side is test_study.py) and of the designs it owns.
   refused, and the same command again trains nothing.
 """
 
+import contextlib
 import io
 import json
 import os
@@ -695,6 +696,18 @@ def wait_for(condition, what, timeout=300):
         if time.monotonic() > deadline:
             pytest.fail(f"gave up after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+def signal_until_it_exits(proc, timeout=600):
+    """Sends SLURM's warning (SIGUSR1) and SIGTERM to proc every 10 ms until it exits, as a time limit reached
+    just as a run ends would; the timeout is only a safety net. Returns its exit code."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+        time.sleep(0.01)
+    return proc.wait(timeout=60)
 
 
 def test_budget_concurrent_array_tasks_calibrate_once(fake):

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import torch
 
 import sample
 import train
+from test_ablate import signal_until_it_exits
 
 HERE = Path(__file__).resolve().parent
 R = 14  # steps of every run compared with the reference
@@ -262,14 +262,9 @@ def test_kill_9_during_a_checkpoint_write_keeps_the_previous_one(corpus, referen
     proc = subprocess.Popen([sys.executable, "train.py", *argv(corpus, tmp_path, num_workers=0, resume=True)],
                             cwd=HERE, env=ENV, stdout=subprocess.PIPE, stderr=err.open("w"), text=True)
     wait_for_line(proc, "done:")  # the run's last lines: its results are written
-    safety_net = time.time() + 600
-    while proc.poll() is None and time.time() < safety_net:
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-        time.sleep(0.01)
+    rc = signal_until_it_exits(proc)
     proc.communicate(timeout=60)
-    assert proc.returncode == 0, err.read_text()[-3000:]  # not -10 / -15: a late signal has nothing to stop
+    assert rc == 0, err.read_text()[-3000:]  # not -10 / -15: a late signal has nothing to stop
     assert not (tmp_path / "ckpt.pt.tmp").exists()
     assert_same_as_reference(tmp_path, reference, "killed while saving step 8")
 

@@ -5,19 +5,17 @@ fakes train.py (a run leaves log.txt / ckpt.pt / results.json; FAKE_EXIT, FAKE_W
 ablate.py. The scripts, ablate.py and train.py are copied into a scratch repo in tmp_path with a stub scontrol on
 PATH (test_slurm.py runs them on a real SLURM cluster; test_ablate.py tests ablate.py itself).
 """
-import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from test_ablate import expected_switches, opt, switches, wait_for, write_fake
+from test_ablate import expected_switches, opt, signal_until_it_exits, switches, wait_for, write_fake
 
 ROOT = Path(__file__).resolve().parent
 
@@ -104,12 +102,7 @@ def test_ablate_task_that_ends_as_the_warning_comes_exits_0(env):
                          stderr=subprocess.PIPE, text=True)
     results = env["tmp"] / "out/rope/seed2/results.json"
     wait_for(lambda: results.exists() or p.poll() is not None, "the run's results.json")
-    safety_net = time.time() + 300
-    while p.poll() is None and time.time() < safety_net:
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(sig)
-        time.sleep(0.01)
+    signal_until_it_exits(p)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, out + err
 
