@@ -191,6 +191,43 @@ def test_train_sbatch_forwards_usr1(env):
     assert scontrol_calls(env) == ["requeue 778"]
 
 
+# A stand-in for python that ignores the stop signals and exits with $EXIT_CODE while a process it leaves behind
+# sends SLURM's warning to the script ($SCRIPT_PID holds its pid) as fast as it can: the warnings come as the run
+# exits, while the script waits for it.
+IGNORING_PY = """#!/bin/sh
+trap '' USR1 TERM
+: > "$STARTED"
+while [ ! -s "$SCRIPT_PID" ]; do sleep 0.01; done
+sleep 0.05
+pid=$(cat "$SCRIPT_PID")
+(i=0; while [ $i -lt 200 ] && kill -USR1 "$pid" 2>/dev/null; do i=$((i+1)); done) &
+exit "${EXIT_CODE:-0}"
+"""
+
+
+@pytest.mark.parametrize("script", ["slurm/train.sbatch", "slurm/ablate.sbatch"])
+def test_sbatch_keeps_the_exit_status_when_signals_come_as_the_run_exits(env, script):
+    """SLURM's warning as a run ends: the script exits with the run's own status, not with the 138 (or -1) that
+    bash 5.2's `wait`, interrupted by the trapped signal just as the child exits, gave for a run that exited 0."""
+    py = env["tmp"] / "ignoring_py"
+    py.write_text(IGNORING_PY)
+    py.chmod(0o755)
+    started = env["tmp"] / "started"
+    pid_file = env["tmp"] / "script.pid"
+    e = dict(env["env"], **sbatch_env(env, 5, CONFIG=""), PYTHON=str(py), STARTED=str(started),
+             SCRIPT_PID=str(pid_file))
+    codes = []
+    for code in [0, 0, 0, 0, 0, 0, 0, 0, 0, 3]:
+        started.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
+        p = subprocess.Popen(["bash", script], cwd=env["repo"], env=dict(e, EXIT_CODE=str(code)),
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pid_file.write_text(str(p.pid))
+        codes.append(p.wait(timeout=60))
+    # ablate.sbatch passes ablate.py's code through; train.sbatch too (3: a NaN loss)
+    assert codes == [0] * 9 + [3]
+
+
 # --------------------------------------------------------------------------- prepare_small.sh
 @pytest.fixture
 def big(env):
