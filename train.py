@@ -562,9 +562,11 @@ def main(argv=None):
             with Distributed() as ddp:  # torchrun's processes; stdout only from rank 0
                 train(cfg, stop=stop, ddp=ddp)
         finally:
-            if command:  # the run has ended: SLURM's warning or SIGTERM while the process shuts down has
-                for sig in (signal.SIGUSR1, signal.SIGTERM):  # nothing left to stop, and its default
-                    signal.signal(sig, signal.SIG_IGN)        # action (exit 138 or 143) would read as a crash
+            # Run as a command, the run has ended: SLURM's warning or SIGTERM while the process shuts down has
+            # nothing left to stop, and its default action (exit 138 or 143) would read as a crash.
+            if command:
+                for sig in (signal.SIGUSR1, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_IGN)
             else:
                 stop.uninstall()  # called from Python: the handlers as they were
     except UserError as e:
