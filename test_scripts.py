@@ -31,7 +31,8 @@ def env(tmp_path):
     """A scratch repo with the scripts, ablate.py and train.py, a fake python and a stub scontrol."""
     repo = tmp_path / "repo"
     (repo / "slurm").mkdir(parents=True)
-    for name in ["ablate.py", "train.py", "prepare_small.sh", "slurm/ablate.sbatch", "slurm/train.sbatch"]:
+    for name in ["ablate.py", "train.py", "prepare_small.sh", "slurm/ablate.sbatch", "slurm/train.sbatch",
+                 "slurm/run_forwarding.sh"]:
         shutil.copy(ROOT / name, repo / name)
     (repo / "plot.py").write_text("raise SystemExit('the fake python never runs this')\n")
     for name in ("small.py", "c.py"):
